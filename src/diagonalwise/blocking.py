@@ -1,0 +1,71 @@
+"""Framework-free arithmetic of the refactorization: block sizes and the block-diagonal index map.
+
+A grouped convolution with ``groups`` groups packs ``block_size`` consecutive groups into one dense
+block. The refactorized convolution then has ``groups // block_size`` groups, and its weight is
+block-diagonal inside each block. Nothing here imports a deep-learning framework, so the PyTorch,
+Keras, JAX and MXNet front ends share one definition.
+"""
+
+from __future__ import annotations
+
+#: The block width of the authors' released code: 32 input channels per dense block.
+PAPER_CHANNELS_PER_BLOCK = 32
+
+
+def divisors(n: int) -> list[int]:
+    """All positive divisors of ``n`` in increasing order."""
+    if n < 1:
+        raise ValueError(f"divisors() needs a positive integer, got {n}")
+    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def valid_block_sizes(groups: int) -> list[int]:
+    """The block sizes a convolution with ``groups`` groups accepts: the divisors of ``groups``."""
+    return divisors(groups)
+
+
+def default_block_size(groups: int, in_channels_per_group: int = 1) -> int:
+    """The paper's 32 input channels per dense block, rounded down to a divisor of ``groups``.
+
+    With ``in_channels_per_group`` input channels in each group, a block of ``b`` groups holds
+    ``b * in_channels_per_group`` input channels. The result is the largest divisor ``b`` of ``groups``
+    with ``b * in_channels_per_group <= 32`` (at least 1, which is the native grouped convolution).
+    """
+    target = max(1, PAPER_CHANNELS_PER_BLOCK // max(1, in_channels_per_group))
+    return max(d for d in divisors(groups) if d <= target)
+
+
+def check_block_size(block_size: int, groups: int) -> int:
+    """Return ``block_size`` if it divides ``groups``; else raise a ValueError naming the valid values."""
+    if isinstance(block_size, bool) or not isinstance(block_size, int):
+        raise TypeError(
+            f"block_size must be an int or None, got {type(block_size).__name__} {block_size!r}"
+        )
+    if block_size < 1 or groups % block_size != 0:
+        raise ValueError(
+            f"block_size={block_size} does not divide groups={groups}; "
+            f"valid block sizes are {valid_block_sizes(groups)} (or None for the default)"
+        )
+    return block_size
+
+
+def resolve_block_size(block_size: int | None, groups: int, in_channels_per_group: int = 1) -> int:
+    """``None`` becomes :func:`default_block_size`; an int is checked by :func:`check_block_size`."""
+    if block_size is None:
+        return default_block_size(groups, in_channels_per_group)
+    return check_block_size(block_size, groups)
+
+
+def block_diagonal_position(
+    out_channel: int, out_channels_per_group: int, block_size: int
+) -> int:
+    """Which slot of its dense block output channel ``out_channel`` reads from.
+
+    Output channel ``o`` belongs to group ``g = o // out_channels_per_group``; inside its block of
+    ``block_size`` groups it sits at ``g % block_size``. In the dense weight of shape
+    ``(out_channels, block_size * in_channels_per_group, *kernel)``, row ``o`` holds the compact weight
+    row in the columns ``[j * in_channels_per_group, (j + 1) * in_channels_per_group)`` with ``j`` this
+    position, and zeros elsewhere (the paper's ``W[o, (o // M) % b] = w[o, 0]`` for depthwise).
+    """
+    return (out_channel // out_channels_per_group) % block_size

@@ -1,0 +1,152 @@
+"""``nn.Conv1d/2d/3d`` subclasses that run a chosen algorithm (by default the refactorization).
+
+Equivalence contract: a ``DiagonalwiseConv2d`` computes exactly what ``nn.Conv2d`` with the same
+arguments and parameters computes, in value and in every gradient, up to floating-point rounding.
+It has the same parameters (``weight`` of shape ``(out_channels, in_channels // groups, *kernel)``,
+``bias``), so state_dicts load either way, and it supports every ``padding_mode``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .algorithms import Algorithm
+from .functional import resolve_algorithm
+
+_Size = int | tuple[int, ...]
+
+
+class _DiagonalwiseConvNd:
+    """Shared behaviour of the three modules; combined with the nn.ConvNd it replaces."""
+
+    #: The torch layer this module replaces; ``to_native`` gives one back.
+    native_type: type[nn.Conv1d | nn.Conv2d | nn.Conv3d]
+    algorithm: Algorithm
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _Size,
+        stride: _Size = 1,
+        padding: _Size | str = 0,
+        dilation: _Size = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        block_size: int | None = None,
+        algorithm: str | Algorithm | None = None,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, padding_mode, device, dtype)
+        self.set_algorithm(block_size=block_size, algorithm=algorithm)
+
+    def set_algorithm(
+        self, *, block_size: int | None = None, algorithm: str | Algorithm | None = None
+    ) -> None:
+        """Choose how this layer computes: ``block_size`` groups per dense block (``None``: the
+        paper's default), or a named ``algorithm``. Validated here, once, not in forward."""
+        self.algorithm = resolve_algorithm(
+            self.groups, self.in_channels // self.groups, block_size, algorithm
+        )
+
+    @property
+    def block_size(self) -> int:
+        """Groups per dense block of the current algorithm (1: not refactorized)."""
+        return self.algorithm.block_size
+
+    def _conv_forward(
+        self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        # Mirrors nn.ConvNd._conv_forward, with the algorithm in place of F.convNd.
+        if self.padding_mode != "zeros":
+            input = nn.functional.pad(
+                input, self._reversed_padding_repeated_twice, mode=self.padding_mode
+            )
+            padding = (0,) * len(self.kernel_size)
+        else:
+            padding = self.padding
+        return self.algorithm(input, weight, bias, self.stride, padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr() + f", block_size={self.block_size}"
+        if self.algorithm.name != f"block_diagonal:{self.block_size}":
+            text += f", algorithm={self.algorithm.name}"
+        return text
+
+    @classmethod
+    def from_conv(
+        cls,
+        conv: nn.Conv1d | nn.Conv2d | nn.Conv3d,
+        *,
+        block_size: int | None = None,
+        algorithm: str | Algorithm | None = None,
+    ):
+        """A module of this class with the same configuration and the very same Parameter objects
+        as ``conv`` (nothing is copied: optimizer state, tied weights and DDP stay valid)."""
+        if not isinstance(conv, cls.native_type):
+            raise TypeError(f"{cls.__name__}.from_conv takes an {cls.native_type.__module__}."
+                            f"{cls.native_type.__qualname__}, got {type(conv).__name__}")
+        layer = _rebuild(conv, cls)
+        layer.set_algorithm(block_size=block_size, algorithm=algorithm)
+        return layer
+
+    def to_native(self) -> nn.Conv1d | nn.Conv2d | nn.Conv3d:
+        """The plain torch layer with the very same Parameter objects."""
+        return _rebuild(self, self.native_type)
+
+
+def _rebuild(conv: nn.Module, cls: type[nn.Module]) -> nn.Module:
+    """An instance of ``cls`` configured like ``conv`` that shares its parameters and buffers.
+
+    Built on the meta device so no weight is allocated or initialised, then handed ``conv``'s
+    Parameters. Forward/backward hooks and extra attributes of ``conv`` are not carried over.
+    """
+    layer = cls.__new__(cls)
+    native = next(base for base in cls.__mro__ if base in (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    native.__init__(
+        layer, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+        conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta",
+    )
+    for name, parameter in conv.named_parameters(recurse=False):
+        setattr(layer, name, parameter)
+    for name, buffer in conv.named_buffers(recurse=False):
+        layer.register_buffer(name, buffer)
+    layer.train(conv.training)
+    return layer
+
+
+class DiagonalwiseConv1d(_DiagonalwiseConvNd, nn.Conv1d):
+    """``nn.Conv1d`` computed by a chosen algorithm; extra keywords ``block_size``, ``algorithm``.
+
+    Equivalent to ``nn.Conv1d`` with the same arguments (value and gradients); input (N, C, L).
+    """
+
+    native_type = nn.Conv1d
+
+
+class DiagonalwiseConv2d(_DiagonalwiseConvNd, nn.Conv2d):
+    """``nn.Conv2d`` computed by a chosen algorithm; extra keywords ``block_size``, ``algorithm``.
+
+    Equivalent to ``nn.Conv2d`` with the same arguments (value and gradients); input (N, C, H, W).
+    """
+
+    native_type = nn.Conv2d
+
+
+class DiagonalwiseConv3d(_DiagonalwiseConvNd, nn.Conv3d):
+    """``nn.Conv3d`` computed by a chosen algorithm; extra keywords ``block_size``, ``algorithm``.
+
+    Equivalent to ``nn.Conv3d`` with the same arguments (value and gradients); input (N, C, D, H, W).
+    """
+
+    native_type = nn.Conv3d
+
+
+#: The exact torch type each module replaces, and back.
+DIAGONALWISE_TYPE = {cls.native_type: cls for cls in
+                     (DiagonalwiseConv1d, DiagonalwiseConv2d, DiagonalwiseConv3d)}
