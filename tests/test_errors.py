@@ -41,7 +41,7 @@ W = torch.randn(8, 1, 3, 3)
         (lambda: dw.conv2d(X.numpy(), W, groups=8), TypeError, "takes tensors"),
         (lambda: dw.convert(object()), TypeError, "convert takes an nn.Module"),
         (lambda: dw.convert(torch.nn.Conv2d(4, 4, 3, groups=4), block_size=0), ValueError,
-         "block_size must be a positive int or None"),
+         "block_size must be a positive int, None or .auto."),
     ],
 )
 def test_bad_input_error_messages(call, error, pattern):

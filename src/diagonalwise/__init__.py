@@ -16,6 +16,7 @@ from .convert import ConversionReport, convert, revert
 from .functional import conv1d, conv2d, conv3d
 from .modules import DiagonalwiseConv1d, DiagonalwiseConv2d, DiagonalwiseConv3d
 from .reference import reference_conv
+from .tuning import Plan, TuningCache, tune
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,8 @@ __all__ = [
     "DiagonalwiseConv3d",
     "Native",
     "NativeChannelsLast",
+    "Plan",
+    "TuningCache",
     "available_algorithms",
     "block_diagonal_weight",
     "conv1d",
@@ -39,5 +42,6 @@ __all__ = [
     "register_algorithm",
     "reference_conv",
     "revert",
+    "tune",
     "valid_block_sizes",
 ]

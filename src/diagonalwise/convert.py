@@ -83,10 +83,11 @@ def _walk_and_replace(
 def convert(
     model: nn.Module,
     *,
-    block_size: int | None = None,
+    block_size: int | str | None = None,
     algorithm: str | Algorithm | None = None,
     filter_fn: FilterFn | None = None,
     report: ConversionReport | None = None,
+    example_inputs: tuple | None = None,
 ) -> nn.Module:
     """Replace every exact ``nn.Conv1d/2d/3d`` with ``groups > 1`` by its diagonalwise module.
 
@@ -98,18 +99,30 @@ def convert(
         model: the root module; a bare convolution works too (the new module is returned).
         block_size: per layer, groups per dense block. ``None``: the paper's 32 channels per block
             (:func:`diagonalwise.blocking.default_block_size`). An int is an upper bound: each
-            layer takes the largest divisor of its ``groups`` not above it.
+            layer takes the largest divisor of its ``groups`` not above it. ``"auto"``: after
+            converting, :func:`diagonalwise.tune` measures each layer on ``example_inputs`` and
+            sets the fastest algorithm (native included), using the per-device cache.
         algorithm: a named algorithm for every converted layer instead (``"native"``, ...).
         filter_fn: ``filter_fn(module, qualified_name) -> bool``; only modules it accepts change.
         report: a :class:`ConversionReport` to fill with what changed and what was skipped, why.
+        example_inputs: a representative batch, e.g. ``(images,)``; needed by ``"auto"`` only.
 
     Returns the root. Idempotent: already converted layers are left as they are.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert takes an nn.Module, got {type(model).__name__}")
+    if block_size == "auto":
+        if example_inputs is None:
+            raise ValueError("block_size='auto' measures every layer on a real batch: pass "
+                             "example_inputs=(x,), or call diagonalwise.tune(model, (x,))")
+        from .tuning import tune
+
+        root = convert(model, algorithm="native", filter_fn=filter_fn, report=report)
+        tune(root, example_inputs, filter_fn=lambda module, name: isinstance(module, _DiagonalwiseConvNd))
+        return root
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int)
                                    or block_size < 1):
-        raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
+        raise ValueError(f"block_size must be a positive int, None or 'auto', got {block_size!r}")
     report = report if report is not None else ConversionReport()
 
     def replace(module: nn.Module, name: str) -> nn.Module:

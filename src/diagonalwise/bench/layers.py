@@ -1,0 +1,126 @@
+"""Layer-level benchmark: every algorithm on every distinct grouped convolution of a model.
+
+Forward, backward and forward+backward ("step") are timed separately for each candidate that
+passes the correctness gate, with speedup over native, FLOP/s and achieved GB/s against the copy
+bandwidth measured in the same run. A candidate that fails the gate gets a row with its reason and
+no time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..algorithms import Algorithm, BlockDiagonal, Native, NativeChannelsLast
+from ..blocking import divisors
+from ..layers import ConvCall
+from ..timing import measure
+from ..tuning import CANDIDATE_PROVIDERS, candidate_block_sizes, check_correctness
+
+MODES = ("forward", "backward", "step")
+
+
+@dataclass
+class LayerRow:
+    model: str
+    layer: str
+    count: int
+    key: str
+    input_shape: str
+    weight_shape: str
+    stride: str
+    groups: int
+    dtype: str
+    layout: str
+    algorithm: str
+    mode: str
+    status: str
+    median_ms: float | None = None
+    spread_ms: float | None = None
+    speedup: float | None = None
+    gflops: float | None = None
+    gbs: float | None = None
+    copy_fraction: float | None = None
+
+
+def bench_algorithms(call: ConvCall, device: torch.device, *, all_block_sizes: bool = False,
+                     max_block_channels: int = 256) -> list[Algorithm]:
+    """Native, native in channels_last, the refactorization with each block size (every divisor of
+    groups, or the 2x-spaced :func:`candidate_block_sizes`), and registered providers' kernels."""
+    in_per_group = call.weight_shape[1]
+    algorithms: list[Algorithm] = [Native()]
+    if call.spatial_dims in (2, 3) and call.layout != "channels_last":
+        algorithms.append(NativeChannelsLast())
+    if all_block_sizes:
+        sizes = [d for d in divisors(call.groups)[1:] if d * in_per_group <= max_block_channels]
+    else:
+        sizes = candidate_block_sizes(call.groups, in_per_group, max_block_channels)
+    algorithms += [BlockDiagonal(size) for size in sizes]
+    for provider in CANDIDATE_PROVIDERS:
+        algorithms += provider(call, device)
+    return algorithms
+
+
+def time_modes(call: ConvCall, algorithm: Algorithm, device: torch.device, *, warmup: int,
+               repeats: int) -> dict[str, tuple[float, float]]:
+    """(median, spread) seconds of forward, backward and step for one algorithm."""
+    x, weight, bias, grad_output = call.make_operands(device)
+    inputs = [t.requires_grad_() for t in (x, weight, bias) if t is not None]
+
+    def forward():
+        return call.run(algorithm, x, weight, bias)
+
+    def step():
+        return torch.autograd.grad(forward(), inputs, grad_output)
+
+    output = forward()
+
+    def backward():
+        return torch.autograd.grad(output, inputs, grad_output, retain_graph=True)
+
+    results = {}
+    for mode, fn in (("forward", forward), ("backward", backward), ("step", step)):
+        timing = measure(fn, device, warmup=warmup, repeats=repeats)
+        results[mode] = (timing.median, timing.spread)
+    return results
+
+
+def bench_layer_calls(model_name: str, calls: dict[str, ConvCall], device: torch.device, *,
+                      copy_gbs: float, warmup: int = 2, repeats: int = 5,
+                      all_block_sizes: bool = False, max_block_channels: int = 256,
+                      progress=None) -> list[LayerRow]:
+    """Benchmark each distinct call of ``calls`` (qualified name -> call) with every algorithm."""
+    names_by_key: dict[str, list[str]] = {}
+    for name, call in calls.items():
+        names_by_key.setdefault(call.key(), []).append(name)
+    rows: list[LayerRow] = []
+    for key, names in names_by_key.items():
+        call = calls[names[0]]
+        base = dict(model=model_name, layer=names[0], count=len(names), key=key,
+                    input_shape="x".join(map(str, call.input_shape)),
+                    weight_shape="x".join(map(str, call.weight_shape)),
+                    stride="x".join(map(str, call.stride)), groups=call.groups, dtype=call.dtype,
+                    layout=call.layout)
+        native_times: dict[str, float] = {}
+        for algorithm in bench_algorithms(call, device, all_block_sizes=all_block_sizes,
+                                          max_block_channels=max_block_channels):
+            reason = None if type(algorithm) is Native else check_correctness(call, algorithm, device)
+            if reason is not None:
+                rows += [LayerRow(**base, algorithm=algorithm.name, mode=mode,
+                                  status=f"failed correctness: {reason}") for mode in MODES]
+                continue
+            times = time_modes(call, algorithm, device, warmup=warmup, repeats=repeats)
+            if type(algorithm) is Native:
+                native_times = {mode: median for mode, (median, _) in times.items()}
+            for mode, (median, spread) in times.items():
+                flops = call.flops() * (1 if mode == "forward" else 2 if mode == "backward" else 3)
+                gbs = call.bytes_moved(mode) / median / 1e9
+                rows.append(LayerRow(
+                    **base, algorithm=algorithm.name, mode=mode, status="ok",
+                    median_ms=median * 1e3, spread_ms=spread * 1e3,
+                    speedup=native_times[mode] / median, gflops=flops / median / 1e9, gbs=gbs,
+                    copy_fraction=gbs / copy_gbs))
+        if progress is not None:
+            progress.update(1)
+    return rows

@@ -1,0 +1,261 @@
+"""The ``diagonalwise`` command: bench, tune, env, train."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+import torch
+
+from .layers import DTYPES
+
+LAYOUTS = ("contiguous", "channels_last")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments get one line naming the problem, not the whole usage text."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is the first GPU if there is one, else the CPU; a GPU that is not there is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} is not available: no CUDA GPU on this machine "
+                             "(use --device cpu)")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} is not available: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"device type {device.type!r} is not supported; use cpu or cuda")
+    return device
+
+
+def check_dtype(dtype: str, device: torch.device) -> None:
+    if dtype == "float64":
+        raise ValueError("benchmarks run in float32, float16 or bfloat16 (float64 is for tests)")
+    if device.type == "cpu" and dtype == "float16":
+        raise ValueError("float16 autocast is not a CPU training setting; use float32 or "
+                         "bfloat16 on the CPU")
+
+
+def _common(parser: argparse.ArgumentParser, models: list[str], multi: bool = True) -> None:
+    from .bench.registry import MODELS
+
+    action = "append" if multi else "store"
+    parser.add_argument("--model", action=action, choices=list(MODELS) + (["all"] if multi else []),
+                        default=None if multi else models[0],
+                        help=f"model(s) to run (default {' '.join(models)})")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--dtype", action=action, choices=[d for d in DTYPES if d != "float64"],
+                        default=None if multi else "float32",
+                        help="float32 (default), or float16/bfloat16 autocast")
+    parser.add_argument("--layout", action=action, choices=LAYOUTS,
+                        default=None if multi else "contiguous",
+                        help="input/activation memory layout (default contiguous = NCHW)")
+    parser.add_argument("--batch-size", type=positive_int, help="default: per model and device")
+    parser.add_argument("--size", type=positive_int,
+                        help="image side, or sequence length for causal_conv1d (default per model)")
+    parser.add_argument("--cache", type=Path, help="tuning cache file (default: per device in the "
+                        "user cache directory)")
+    parser.add_argument("--no-cache", action="store_true", help="tune without a cache")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="diagonalwise", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    bench = commands.add_parser("bench", help="time every algorithm per layer and per training "
+                                "step; write JSON, CSV and plots")
+    _common(bench, ["mobilenet_v1"])
+    bench.add_argument("--level", choices=("layers", "models", "both"), default="both")
+    bench.add_argument("--warmup", type=positive_int, default=2)
+    bench.add_argument("--repeats", type=positive_int, default=5)
+    bench.add_argument("--all-block-sizes", action="store_true",
+                       help="every divisor of groups, not only 2x-spaced ones")
+    bench.add_argument("--max-block-channels", type=positive_int, default=256,
+                       help="largest dense block, in input channels (default 256)")
+    bench.add_argument("--output", type=Path, help="output directory (default out/bench-DATE)")
+
+    tune = commands.add_parser("tune", help="autotune a model and write its plan")
+    _common(tune, ["mobilenet_v1"], multi=False)
+    tune.add_argument("--output", type=Path, default=Path("plan.json"))
+
+    env = commands.add_parser("env", help="versions, device, cuDNN, measured copy bandwidth")
+    env.add_argument("--device", default="auto")
+
+    train = commands.add_parser("train", help="train a model natively and converted on real "
+                                "data; compare time per epoch and loss curves")
+    train.add_argument("--model", choices=("mobilenet_v1", "mobilenet_v2", "efficientnet_b0",
+                                           "convnext_tiny"), default="mobilenet_v1")
+    train.add_argument("--data", default="digits",
+                       help="'digits' (scikit-learn's handwritten digits, upsampled) or an "
+                       "ImageFolder directory")
+    train.add_argument("--epochs", type=positive_int, default=3)
+    train.add_argument("--batch-size", type=positive_int, default=64)
+    train.add_argument("--size", type=positive_int, default=32, help="image side (default 32)")
+    train.add_argument("--width", type=float, default=0.5, help="MobileNet V1 width (default 0.5)")
+    train.add_argument("--lr", type=float, default=0.05)
+    train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    train.add_argument("--block-size", default=None,
+                       help="an int, or 'auto' to autotune (default: the paper's 32 channels)")
+    train.add_argument("--limit", type=positive_int, help="use only this many training images")
+    train.add_argument("--device", default="auto")
+    train.add_argument("--output", type=Path, help="output directory (default out/train-DATE)")
+    return parser
+
+
+def _default_output(kind: str) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("out") / f"{kind}-{stamp}"
+
+
+def _cache(args, env):
+    from .tuning import TuningCache
+
+    if args.no_cache:
+        return False
+    if args.cache:
+        return TuningCache(args.cache, env)
+    return True
+
+
+def run_bench(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .bench.layers import bench_layer_calls
+    from .bench.registry import MODELS
+    from .bench.results import BenchResult, provenance
+    from .bench.training import autocast_context, bench_training, to_layout
+    from .layers import collect_conv_calls
+    from .timing import copy_bandwidth, environment
+
+    device = resolve_device(args.device)
+    dtypes = args.dtype or ["float32"]
+    for dtype in dtypes:
+        check_dtype(dtype, device)
+    layouts = args.layout or ["contiguous"]
+    names = list(MODELS) if args.model and "all" in args.model else (args.model or ["mobilenet_v1"])
+    output = args.output or _default_output("bench")
+    env = environment(device)
+    env["copy_bandwidth_gbs"] = copy_bandwidth(device)
+    result = BenchResult(provenance(env, {k: str(v) for k, v in vars(args).items()}))
+    print(result.machine(), flush=True)
+    cache = _cache(args, env)
+    for name in names:
+        spec = MODELS[name]
+        default_batch, default_size = spec.defaults(device)
+        batch, size = args.batch_size or default_batch, args.size or default_size
+        for dtype in dtypes:
+            for layout in layouts:
+                print(f"{name}: batch {batch}, size {size}, {dtype}, {layout}", flush=True)
+                if args.level in ("layers", "both"):
+                    torch.manual_seed(0)
+                    model = to_layout(spec.build().to(device), layout)
+                    x = to_layout(spec.make_batch(batch, size, device)[0], layout)
+                    with autocast_context(device, dtype):
+                        calls = collect_conv_calls(model, (x,))
+                    distinct = len({call.key() for call in calls.values()})
+                    with tqdm(total=distinct, desc=f"{name} layers", unit="config") as bar:
+                        result.layers += bench_layer_calls(
+                            name, calls, device, copy_gbs=env["copy_bandwidth_gbs"],
+                            warmup=args.warmup, repeats=args.repeats,
+                            all_block_sizes=args.all_block_sizes,
+                            max_block_channels=args.max_block_channels, progress=bar)
+                    del model, x
+                    result.save(output)
+                if args.level in ("models", "both"):
+                    result.models += bench_training(
+                        spec, device, dtype=dtype, layout=layout, batch=batch, size=size,
+                        warmup=args.warmup, repeats=args.repeats, cache=cache)
+                    result.save(output)
+    if result.layers:
+        print("\nper layer, forward+backward (best block size and best algorithm vs native):")
+        print(result.layer_table())
+    if result.models:
+        print("\ntraining step (forward, loss, backward, SGD):")
+        print(result.model_table())
+    paths = result.save(output) + result.plot(output)
+    print("\nresults written to:\n" + "\n".join(f"  {p}" for p in paths))
+    return 0
+
+
+def run_tune(args) -> int:
+    from .bench.registry import MODELS
+    from .bench.training import autocast_context, to_layout
+    from .convert import convert
+    from .timing import environment
+    from .tuning import tune
+
+    device = resolve_device(args.device)
+    check_dtype(args.dtype, device)
+    spec = MODELS[args.model]
+    default_batch, default_size = spec.defaults(device)
+    model = to_layout(convert(spec.build().to(device), algorithm="native"), args.layout)
+    x = to_layout(spec.make_batch(args.batch_size or default_batch, args.size or default_size,
+                                  device)[0], args.layout)
+    with autocast_context(device, args.dtype):
+        plan = tune(model, (x,), cache=_cache(args, environment(device)), progress=True)
+    plan.save(args.output)
+    print(f"{len(plan.layers)} layers: " + ", ".join(f"{n} x {a}" for a, n in plan.summary().items()))
+    print(f"plan written to {args.output}")
+    return 0
+
+
+def run_env(args) -> int:
+    from .timing import copy_bandwidth, environment, machine_line
+
+    device = resolve_device(args.device)
+    env = environment(device)
+    env["copy_bandwidth_gbs"] = copy_bandwidth(device)
+    for key, value in env.items():
+        print(f"{key:<20} {value}")
+    print(machine_line(env))
+    return 0
+
+
+def run_train(args) -> int:
+    from .bench.train_digits import train_both
+
+    device = resolve_device(args.device)
+    block_size = args.block_size
+    if block_size not in (None, "auto"):
+        try:
+            block_size = positive_int(block_size)
+        except argparse.ArgumentTypeError as error:
+            raise ValueError(f"--block-size: {error} (or 'auto')") from None
+    return train_both(args, device, block_size, args.output or _default_output("train"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    runners = {"bench": run_bench, "tune": run_tune, "env": run_env, "train": run_train}
+    try:
+        return runners[args.command](args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"diagonalwise {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Timing and the machine line: medians after warm-up, CUDA events on GPUs, copy bandwidth."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Timing:
+    """Seconds per run of repeated measurements after warm-up."""
+
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range (max - min below four samples), in seconds."""
+        if len(self.samples) < 4:
+            return max(self.samples) - min(self.samples)
+        quartiles = statistics.quantiles(self.samples, n=4)
+        return quartiles[2] - quartiles[0]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], object], device: torch.device | str, *, warmup: int = 2,
+            repeats: int = 5) -> Timing:
+    """Time ``fn()``: ``warmup`` untimed runs, then ``repeats`` timed ones. On CUDA each run is
+    bracketed by events after a synchronisation; on the CPU by ``time.perf_counter``."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    samples = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3)
+        else:
+            start_time = time.perf_counter()
+            fn()
+            synchronize(device)
+            samples.append(time.perf_counter() - start_time)
+    return Timing(samples)
+
+
+def copy_bandwidth(device: torch.device | str, megabytes: int | None = None,
+                   repeats: int = 10) -> float:
+    """Achieved device-memory copy bandwidth in GB/s (bytes read + bytes written per second)."""
+    device = torch.device(device)
+    megabytes = megabytes or (1024 if device.type == "cuda" else 256)
+    source = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32, device=device).fill_(1.0)
+    target = torch.empty_like(source)
+    timing = measure(lambda: target.copy_(source), device, warmup=3, repeats=repeats)
+    return 2 * source.numel() * 4 / timing.median / 1e9
+
+
+def device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device | str) -> dict[str, str | int | None]:
+    """Device, library versions and thread count: what a timing depends on."""
+    device = torch.device(device)
+    cudnn = torch.backends.cudnn.version() if device.type == "cuda" else None
+    return {
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "cudnn": cudnn,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def machine_line(env: dict) -> str:
+    """One line naming the machine a table was measured on."""
+    parts = [f"{env['device']}", f"torch {env['torch']}"]
+    if env.get("cuda"):
+        parts.append(f"CUDA {env['cuda']}, cuDNN {env['cudnn']}")
+    else:
+        parts.append(f"{env['threads']} threads")
+    if env.get("copy_bandwidth_gbs"):
+        parts.append(f"copy bandwidth {env['copy_bandwidth_gbs']:.1f} GB/s")
+    return "machine: " + "; ".join(parts)
