@@ -173,8 +173,12 @@ def run_bench(args) -> int:
                     torch.manual_seed(0)
                     model = to_layout(spec.build().to(device), layout)
                     x = to_layout(spec.make_batch(batch, size, device)[0], layout)
-                    with autocast_context(device, dtype):
-                        calls = collect_conv_calls(model, (x,))
+                    try:
+                        with autocast_context(device, dtype):
+                            calls = collect_conv_calls(model, (x,))
+                    except RuntimeError as error:
+                        raise ValueError(f"{name} does not run at batch {batch}, size {size}: "
+                                         f"{str(error).splitlines()[0]}") from None
                     distinct = len({call.key() for call in calls.values()})
                     with tqdm(total=distinct, desc=f"{name} layers", unit="config") as bar:
                         result.layers += bench_layer_calls(
