@@ -127,3 +127,23 @@ def test_bad_arguments_get_one_clear_line(argv, message, capsys):
     error = capsys.readouterr().err
     assert len(error.strip().splitlines()) == 1, error
     assert message in error
+
+
+def test_report_regenerates_the_readme_section(tmp_path):
+    results = tmp_path / "benchmarks" / "results" / "cpu-run"
+    assert main(["bench", "--batch-size", "2", "--size", "32", "--repeats", "1", "--warmup", "1",
+                 "--device", "cpu", "--output", str(results), "--no-cache"]) == 0
+    readme = tmp_path / "README.md"
+    from diagonalwise.bench.results import README_BEGIN, README_END
+
+    readme.write_text(f"# title\n{README_BEGIN}\nstale table\n{README_END}\ntail\n")
+    assert main(["report", "--results", str(tmp_path / "benchmarks" / "results"),
+                 "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "stale table" not in text and text.startswith("# title\n") and text.endswith("tail\n")
+    assert "#### `benchmarks/results/cpu-run`" in text
+    assert "machine: " in text and "| mobilenet_v1 | tuned | float32 |" in text
+    assert "![speedup-mobilenet_v1](benchmarks/results/cpu-run/speedup-mobilenet_v1.png)" in text
+    readme.write_text("no markers")
+    assert main(["report", "--results", str(tmp_path / "benchmarks"), "--readme",
+                 str(readme)]) == 2

@@ -76,8 +76,8 @@ def _common(parser: argparse.ArgumentParser, models: list[str], multi: bool = Tr
     parser.add_argument("--batch-size", type=positive_int, help="default: per model and device")
     parser.add_argument("--size", type=positive_int,
                         help="image side, or sequence length for causal_conv1d (default per model)")
-    parser.add_argument("--cache", type=Path, help="tuning cache file (default: per device in the "
-                        "user cache directory)")
+    parser.add_argument("--cache", type=Path, help="tuning cache file (default: bench: a new one "
+                        "in the output directory; tune: per device in the user cache directory)")
     parser.add_argument("--no-cache", action="store_true", help="tune without a cache")
 
 
@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     env = commands.add_parser("env", help="versions, device, cuDNN, measured copy bandwidth")
     env.add_argument("--device", default="auto")
+
+    report = commands.add_parser("report", help="regenerate the README's result tables from "
+                                 "committed results")
+    report.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    report.add_argument("--readme", type=Path, default=Path("README.md"))
 
     train = commands.add_parser("train", help="train a model natively and converted on real "
                                 "data; compare time per epoch and loss curves")
@@ -130,13 +135,14 @@ def _default_output(kind: str) -> Path:
     return Path("out") / f"{kind}-{stamp}"
 
 
-def _cache(args, env):
+def _cache(args, env, default_path: Path | None = None):
+    """--no-cache: none; --cache PATH: that file; else ``default_path`` or the per-device cache."""
     from .tuning import TuningCache
 
     if args.no_cache:
         return False
-    if args.cache:
-        return TuningCache(args.cache, env)
+    if args.cache or default_path:
+        return TuningCache(args.cache or default_path, env)
     return True
 
 
@@ -161,7 +167,8 @@ def run_bench(args) -> int:
     env["copy_bandwidth_gbs"] = copy_bandwidth(device)
     result = BenchResult(provenance(env, {k: str(v) for k, v in vars(args).items()}))
     print(result.machine(), flush=True)
-    cache = _cache(args, env)
+    # a fresh cache beside the results unless one is named: the tuned variant is measured now
+    cache = _cache(args, env, output / "tuning-cache.json")
     for name in names:
         spec = MODELS[name]
         default_batch, default_size = spec.defaults(device)
@@ -193,12 +200,7 @@ def run_bench(args) -> int:
                         spec, device, dtype=dtype, layout=layout, batch=batch, size=size,
                         warmup=args.warmup, repeats=args.repeats, cache=cache)
                     result.save(output)
-    if result.layers:
-        print("\nper layer, forward+backward (best block size and best algorithm vs native):")
-        print(result.layer_table())
-    if result.models:
-        print("\ntraining step (forward, loss, backward, SGD):")
-        print(result.model_table())
+    print("\n" + result.text_tables())
     paths = result.save(output) + result.plot(output)
     print("\nresults written to:\n" + "\n".join(f"  {p}" for p in paths))
     return 0
@@ -238,6 +240,16 @@ def run_env(args) -> int:
     return 0
 
 
+def run_report(args) -> int:
+    from .bench.results import update_readme
+
+    if not args.results.is_dir():
+        raise FileNotFoundError(f"no results directory {args.results}")
+    update_readme(args.readme, args.results)
+    print(f"{args.readme} updated from {args.results}")
+    return 0
+
+
 def run_train(args) -> int:
     from .bench.train_digits import train_both
 
@@ -253,7 +265,8 @@ def run_train(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    runners = {"bench": run_bench, "tune": run_tune, "env": run_env, "train": run_train}
+    runners = {"bench": run_bench, "tune": run_tune, "env": run_env, "report": run_report,
+               "train": run_train}
     try:
         return runners[args.command](args)
     except (ValueError, FileNotFoundError) as error:

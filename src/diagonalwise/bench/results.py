@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime
 import io
+import json
 import os
 import subprocess
 import sys
@@ -62,6 +63,18 @@ def _number(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def render_text(header: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                     for line in [header, *rows])
+
+
+def render_markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 @dataclass
 class BenchResult:
     provenance: dict
@@ -89,46 +102,51 @@ class BenchResult:
     def machine(self) -> str:
         return machine_line(self.provenance["environment"])
 
-    def layer_table(self, mode: str = "step") -> str:
-        """Per distinct layer: native time, and the best refactorized and best overall algorithm."""
-        lines = [self.machine(),
-                 f"{'model':<16} {'layer (count)':<22} {'input':<16} {'groups':>6} "
-                 f"{'native ms':>9} {'GB/s':>6} {'%copy':>5}  {'best block-diag':<22} "
-                 f"{'best algorithm':<24}"]
-        keys = dict.fromkeys((r.model, r.key) for r in self.layers)
-        for model, key in keys:
-            rows = [r for r in self.layers if r.model == model and r.key == key and r.mode == mode
-                    and r.status == "ok"]
-            native = next((r for r in rows if r.algorithm == "native"), None)
+    def layer_summary(self, mode: str = "step") -> tuple[list[str], list[list[str]]]:
+        """Per distinct layer: native time and bandwidth, the best block size and the best
+        algorithm with their speedups over native."""
+        header = ["model", "layer (count)", "input", "groups", "dtype", "layout", "native ms",
+                  "native GB/s", "% of copy", "best block-diagonal", "best algorithm"]
+        rows = []
+        for model, key in dict.fromkeys((r.model, r.key) for r in self.layers):
+            measured = [r for r in self.layers if r.model == model and r.key == key
+                        and r.mode == mode and r.status == "ok"]
+            native = next((r for r in measured if r.algorithm == "native"), None)
             if native is None:
                 continue
-            blocks = [r for r in rows if r.algorithm.startswith("block_diagonal:")]
+            blocks = [r for r in measured if r.algorithm.startswith("block_diagonal:")]
             block = min(blocks, key=lambda r: r.median_ms) if blocks else None
-            best = min(rows, key=lambda r: r.median_ms)
-            block_text = f"{block.algorithm[15:]}: {block.speedup:.2f}x" if block else "-"
-            lines.append(
-                f"{model:<16} {f'{native.layer} ({native.count})':<22} {native.input_shape:<16} "
-                f"{native.groups:>6} {native.median_ms:>9.3f} {native.gbs:>6.1f} "
-                f"{100 * native.copy_fraction:>5.1f}  {'b=' + block_text:<22} "
-                f"{f'{best.algorithm} {best.speedup:.2f}x':<24}")
-        failed = sorted({(r.model, r.layer, r.algorithm, r.status) for r in self.layers
-                         if r.status != "ok"})
-        lines += [f"  {m} {layer} {alg}: {status}" for m, layer, alg, status in failed]
-        return "\n".join(lines)
+            best = min(measured, key=lambda r: r.median_ms)
+            rows.append([
+                model, f"{native.layer} ({native.count})", native.input_shape, str(native.groups),
+                native.dtype, native.layout, f"{native.median_ms:.3f}", f"{native.gbs:.1f}",
+                f"{100 * native.copy_fraction:.1f}",
+                f"b={block.algorithm.split(':')[1]}: {block.speedup:.2f}x" if block else "-",
+                f"{best.algorithm} {best.speedup:.2f}x"])
+        return header, rows
 
-    def model_table(self) -> str:
-        lines = [self.machine(),
-                 f"{'model':<20} {'variant':<8} {'dtype':<9} {'layout':<13} {'batch':>5} "
-                 f"{'size':>5} {'step ms':>9} {'items/s':>9} {'speedup':>7}  algorithms"]
-        for r in self.models:
-            if r.status != "ok":
-                lines.append(f"{r.model:<20} {r.variant:<8} {r.dtype:<9} {r.layout:<13} "
-                             f"{r.batch:>5} {r.size:>5}  {r.status}")
-                continue
-            lines.append(f"{r.model:<20} {r.variant:<8} {r.dtype:<9} {r.layout:<13} {r.batch:>5} "
-                         f"{r.size:>5} {_number(r.median_ms, 1):>9} {_number(r.items_per_s, 1):>9} "
-                         f"{_number(r.speedup):>6}x  {r.algorithms}")
-        return "\n".join(lines)
+    def model_summary(self) -> tuple[list[str], list[list[str]]]:
+        header = ["model", "variant", "dtype", "layout", "batch", "size", "step ms", "items/s",
+                  "speedup", "algorithms"]
+        rows = [[r.model, r.variant, r.dtype, r.layout, str(r.batch), str(r.size),
+                 _number(r.median_ms, 1), _number(r.items_per_s, 1),
+                 f"{_number(r.speedup)}x" if r.status == "ok" else r.status, r.algorithms]
+                for r in self.models]
+        return header, rows
+
+    def failures(self) -> list[str]:
+        return sorted({f"{r.model} {r.layer} {r.algorithm}: {r.status}" for r in self.layers
+                       if r.status != "ok"})
+
+    def text_tables(self) -> str:
+        parts = []
+        if self.layers:
+            parts += ["per layer, forward+backward (best block size, best algorithm vs native):",
+                      self.machine(), render_text(*self.layer_summary()), *self.failures(), ""]
+        if self.models:
+            parts += ["training step (forward, loss, backward, SGD):", self.machine(),
+                      render_text(*self.model_summary())]
+        return "\n".join(parts)
 
     def plot(self, directory: Path) -> list[Path]:
         """One PNG per model: per-layer speedup over native (forward+backward) for each algorithm,
@@ -180,3 +198,41 @@ class BenchResult:
             plt.close(figure)
             paths.append(path)
         return paths
+
+
+README_BEGIN = "<!-- results:begin (generated by `diagonalwise report`; do not edit by hand) -->"
+README_END = "<!-- results:end -->"
+
+
+def results_markdown(results_root: Path, relative_to: Path) -> str:
+    """Markdown tables of every results.json under ``results_root``, each headed by its machine
+    line and provenance, with a link to its plots."""
+    sections = []
+    for path in sorted(results_root.rglob("results.json")):
+        result = BenchResult.from_dict(json.loads(path.read_text()))
+        info = result.provenance
+        directory = path.parent.relative_to(relative_to)
+        sections.append(f"#### `{directory}`\n\n{result.machine()}  \n"
+                        f"commit `{info['git_commit'][:12]}`, {info['date']}, `{info['command']}`")
+        if result.models:
+            sections.append("Training step (forward, loss, backward, SGD step):\n\n"
+                            + render_markdown(*result.model_summary()))
+        if result.layers:
+            sections.append("Per layer, forward+backward, against native:\n\n"
+                            + render_markdown(*result.layer_summary()))
+        plots = sorted(path.parent.glob("*.png"))
+        if plots:
+            sections.append(" ".join(f"![{p.stem}]({p.relative_to(relative_to)})" for p in plots))
+    return "\n\n".join(sections) if sections else "No results committed yet."
+
+
+def update_readme(readme: Path, results_root: Path) -> None:
+    """Replace the text between the README's result markers with :func:`results_markdown`."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{readme} has no results markers: add a line {README_BEGIN!r} and a "
+                         f"line {README_END!r} where the tables go")
+    before, rest = text.split(README_BEGIN, 1)
+    after = rest.split(README_END, 1)[1]
+    body = results_markdown(results_root, readme.parent)
+    _write_text_atomic(readme, f"{before}{README_BEGIN}\n{body}\n{README_END}{after}")

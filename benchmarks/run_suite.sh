@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole benchmark suite in one run, into benchmarks/results/<device>-<date>/: every model,
+# float32 in NCHW and channels_last, and the half-precision autocast the device trains in
+# (float16 and bfloat16 on a GPU, bfloat16 on the CPU). Usage: benchmarks/run_suite.sh [extra args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+device=$($PY -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+slug=$($PY -c "
+import re, torch
+from diagonalwise.timing import device_name
+print(re.sub(r'[^a-z0-9]+', '-', device_name('$device').lower()).strip('-'))")
+out=benchmarks/results/${slug}-$(date +%Y%m%d)
+models=${MODELS:-"mobilenet_v1 mobilenet_v2 mobilenet_v3_large efficientnet_b0 convnext_tiny regnet_y_400mf resnext50_32x4d x3d_style causal_conv1d"}
+if [ "$device" = cuda ]; then half="--dtype float16 --dtype bfloat16"; else half="--dtype bfloat16"; fi
+for model in $models; do
+  $PY -m diagonalwise bench --model "$model" --device "$device" --layout contiguous \
+      --layout channels_last --dtype float32 --output "$out/$model" "$@"
+  $PY -m diagonalwise bench --model "$model" --device "$device" $half \
+      --output "$out/$model-half" "$@"
+done
+$PY -m diagonalwise report
+echo "suite results in $out; README tables regenerated"
