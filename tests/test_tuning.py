@@ -89,8 +89,24 @@ def test_larger_block_sizes_are_pruned_once_times_rise_past_twice_the_best():
                        "block_diagonal:16": 2.5})
     tuning.choose(depthwise_call(), "cpu", timer=timer)
     # 2 is slow but the first block size; 8 rises but under 2x; 16 rises past 2x: stop there
-    assert timer.asked == ["native", "native_channels_last", "block_diagonal:2",
-                           "block_diagonal:4", "block_diagonal:8", "block_diagonal:16"]
+    assert timer.asked[:6] == ["native", "native_channels_last", "block_diagonal:2",
+                               "block_diagonal:4", "block_diagonal:8", "block_diagonal:16"]
+    # then the confirmation rounds: the winner and native, taking turns
+    assert sorted(timer.asked[6:]) == ["block_diagonal:4"] * 2 + ["native"] * 2
+
+
+def test_a_lucky_first_measurement_does_not_leave_native():
+    class LuckyOnce(FakeTimer):
+        def __call__(self, call, algorithm, device):
+            seconds = super().__call__(call, algorithm, device)
+            if algorithm.name == "block_diagonal:8" and self.asked.count(algorithm.name) > 1:
+                return 1.5  # the 0.5 was a fluke: every later look says 1.5
+            return seconds
+
+    timer = LuckyOnce({"native": 1.0, "block_diagonal:8": 0.5})
+    choice = tuning.choose(depthwise_call(), "cpu", timer=timer)
+    assert choice.algorithm == "native"
+    assert choice.times["block_diagonal:8"] == 1.5  # the median of 0.5, 1.5, 1.5
 
 
 def test_correctness_gate(bad_candidate):

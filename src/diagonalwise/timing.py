@@ -61,6 +61,24 @@ def measure(fn: Callable[[], object], device: torch.device | str, *, warmup: int
     return Timing(samples)
 
 
+def measure_interleaved(fns: dict[str, Callable[[], object]], device: torch.device | str, *,
+                        warmup: int = 2, repeats: int = 5) -> dict[str, Timing]:
+    """Time several functions fairly: after ``warmup`` runs of each, ``repeats`` rounds that run
+    each once, in an order rotated every round, so drift in the machine's speed (other tenants,
+    clocks, allocator state) falls on all of them alike instead of on whichever ran last."""
+    device = torch.device(device)
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    timings = {name: Timing() for name in names}
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            timings[name].samples += measure(fns[name], device, warmup=0, repeats=1).samples
+    return timings
+
+
 def copy_bandwidth(device: torch.device | str, megabytes: int | None = None,
                    repeats: int = 10) -> float:
     """Achieved device-memory copy bandwidth in GB/s (bytes read + bytes written per second)."""

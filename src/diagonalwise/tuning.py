@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import statistics
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -129,13 +130,16 @@ class LayerChoice:
 
 
 def choose(call: ConvCall, device: torch.device | str, *, timer: Timer | None = None,
-           min_gain: float = 0.05, prune_factor: float = 2.0) -> LayerChoice:
+           min_gain: float = 0.05, prune_factor: float = 2.0,
+           confirm_rounds: int = 2) -> LayerChoice:
     """Measure the candidates for ``call`` and return the choice.
 
     Block sizes are measured in increasing order. Their times fall and then rise (a wider block
     feeds the dense kernels better but does more multiply-adds); once a block size is slower than
     the previous one and takes ``prune_factor`` times the best time so far, the larger ones are not
-    measured. A candidate must pass :func:`check_correctness` to be measured at all.
+    measured. A candidate must pass :func:`check_correctness` to be measured at all. When the
+    fastest is not native, it and native are measured ``confirm_rounds`` more times, taking turns,
+    and the decision is made on the medians.
     """
     device = torch.device(device)
     timer = timer or (lambda c, a, d: measure_step(c, a, d))
@@ -158,9 +162,17 @@ def choose(call: ConvCall, device: torch.device | str, *, timer: Timer | None = 
             larger_blocks_pruned = seconds > previous_block_seconds and seconds > prune_factor * best
             previous_block_seconds = seconds
         best = min(best, seconds)
-    native = choice.times["native"]
     fastest = min(choice.times, key=choice.times.get)
-    if choice.times[fastest] < native * (1 - min_gain):
+    if fastest != "native" and confirm_rounds:
+        # a second look at the two that matter, taking turns, before leaving native
+        contenders = {"native": Native(), fastest: get_algorithm(fastest)}
+        samples = {name: [choice.times[name]] for name in contenders}
+        for round_index in range(confirm_rounds):
+            order = list(contenders)[:: 1 if round_index % 2 else -1]
+            for name in order:
+                samples[name].append(timer(call, contenders[name], device))
+        choice.times.update({name: statistics.median(s) for name, s in samples.items()})
+    if choice.times[fastest] < choice.times["native"] * (1 - min_gain):
         choice.algorithm = fastest
     return choice
 

@@ -1,9 +1,10 @@
 """Layer-level benchmark: every algorithm on every distinct grouped convolution of a model.
 
 Forward, backward and forward+backward ("step") are timed separately for each candidate that
-passes the correctness gate, with speedup over native, FLOP/s and achieved GB/s against the copy
-bandwidth measured in the same run. A candidate that fails the gate gets a row with its reason and
-no time.
+passes the correctness gate, the candidates interleaved round by round (see
+:func:`diagonalwise.timing.measure_interleaved`), with speedup over native, FLOP/s and
+achieved GB/s against the copy bandwidth measured in the same run. A candidate that fails the gate
+gets a row with its reason and no time.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from ..algorithms import Algorithm, BlockDiagonal, Native, NativeChannelsLast
 from ..blocking import divisors
 from ..layers import ConvCall
-from ..timing import measure
+from ..timing import measure_interleaved
 from ..tuning import CANDIDATE_PROVIDERS, candidate_block_sizes, check_correctness
 
 MODES = ("forward", "backward", "step")
@@ -62,28 +63,20 @@ def bench_algorithms(call: ConvCall, device: torch.device, *, all_block_sizes: b
     return algorithms
 
 
-def time_modes(call: ConvCall, algorithm: Algorithm, device: torch.device, *, warmup: int,
-               repeats: int) -> dict[str, tuple[float, float]]:
-    """(median, spread) seconds of forward, backward and step for one algorithm."""
+def step_functions(call: ConvCall, algorithm: Algorithm, device: torch.device):
+    """Closures running forward, backward (of one retained forward) and forward+backward."""
     x, weight, bias, grad_output = call.make_operands(device)
     inputs = [t.requires_grad_() for t in (x, weight, bias) if t is not None]
 
     def forward():
         return call.run(algorithm, x, weight, bias)
 
-    def step():
-        return torch.autograd.grad(forward(), inputs, grad_output)
-
     output = forward()
-
-    def backward():
-        return torch.autograd.grad(output, inputs, grad_output, retain_graph=True)
-
-    results = {}
-    for mode, fn in (("forward", forward), ("backward", backward), ("step", step)):
-        timing = measure(fn, device, warmup=warmup, repeats=repeats)
-        results[mode] = (timing.median, timing.spread)
-    return results
+    return {
+        "forward": forward,
+        "backward": lambda: torch.autograd.grad(output, inputs, grad_output, retain_graph=True),
+        "step": lambda: torch.autograd.grad(forward(), inputs, grad_output),
+    }
 
 
 def bench_layer_calls(model_name: str, calls: dict[str, ConvCall], device: torch.device, *,
@@ -102,25 +95,26 @@ def bench_layer_calls(model_name: str, calls: dict[str, ConvCall], device: torch
                     weight_shape="x".join(map(str, call.weight_shape)),
                     stride="x".join(map(str, call.stride)), groups=call.groups, dtype=call.dtype,
                     layout=call.layout)
-        native_times: dict[str, float] = {}
+        functions: dict[str, dict] = {}
         for algorithm in bench_algorithms(call, device, all_block_sizes=all_block_sizes,
                                           max_block_channels=max_block_channels):
             reason = None if type(algorithm) is Native else check_correctness(call, algorithm, device)
             if reason is not None:
                 rows += [LayerRow(**base, algorithm=algorithm.name, mode=mode,
                                   status=f"failed correctness: {reason}") for mode in MODES]
-                continue
-            times = time_modes(call, algorithm, device, warmup=warmup, repeats=repeats)
-            if type(algorithm) is Native:
-                native_times = {mode: median for mode, (median, _) in times.items()}
-            for mode, (median, spread) in times.items():
-                flops = call.flops() * (1 if mode == "forward" else 2 if mode == "backward" else 3)
-                gbs = call.bytes_moved(mode) / median / 1e9
+            else:
+                functions[algorithm.name] = step_functions(call, algorithm, device)
+        for mode in MODES:
+            timings = measure_interleaved({name: fns[mode] for name, fns in functions.items()},
+                                          device, warmup=warmup, repeats=repeats)
+            flops = call.flops() * {"forward": 1, "backward": 2, "step": 3}[mode]
+            for name, timing in timings.items():
+                gbs = call.bytes_moved(mode) / timing.median / 1e9
                 rows.append(LayerRow(
-                    **base, algorithm=algorithm.name, mode=mode, status="ok",
-                    median_ms=median * 1e3, spread_ms=spread * 1e3,
-                    speedup=native_times[mode] / median, gflops=flops / median / 1e9, gbs=gbs,
-                    copy_fraction=gbs / copy_gbs))
+                    **base, algorithm=name, mode=mode, status="ok",
+                    median_ms=timing.median * 1e3, spread_ms=timing.spread * 1e3,
+                    speedup=timings["native"].median / timing.median,
+                    gflops=flops / timing.median / 1e9, gbs=gbs, copy_fraction=gbs / copy_gbs))
         if progress is not None:
             progress.update(1)
     return rows

@@ -13,7 +13,7 @@ from torch import nn
 from ..convert import convert
 from ..layers import collect_conv_calls
 from ..modules import _DiagonalwiseConvNd
-from ..timing import measure
+from ..timing import measure_interleaved
 from ..tuning import TuningCache, check_correctness, tune
 from .registry import ModelSpec
 
@@ -107,7 +107,7 @@ def bench_training(spec: ModelSpec, device: torch.device, *, dtype: str = "float
     x, y = spec.make_batch(batch, size, device)
     x = to_layout(x, layout)
     rows: list[ModelRow] = []
-    native_ms = None
+    steps = {}
     for variant_name in variants:
         model = copy.deepcopy(native)
         if variant_name == "paper":
@@ -115,7 +115,7 @@ def bench_training(spec: ModelSpec, device: torch.device, *, dtype: str = "float
         elif variant_name == "tuned":
             model = convert(model, algorithm="native")
             with autocast_context(device, dtype):
-                tune(model, (to_layout(x, layout),), cache=cache, progress=True)
+                tune(model, (x,), cache=cache, progress=True)
         model = to_layout(model, layout).train()
         base = dict(model=spec.name, variant=variant_name, dtype=dtype, layout=layout, batch=batch,
                     size=size, algorithms=algorithm_summary(model))
@@ -125,6 +125,7 @@ def bench_training(spec: ModelSpec, device: torch.device, *, dtype: str = "float
                 rows.append(ModelRow(**base, status=f"failed correctness: {reason}"))
                 log(f"  {variant_name}: FAILED correctness, not timed: {reason}")
                 continue
+        rows.append(ModelRow(**base, status="ok"))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
         def step(model=model, optimizer=optimizer):
@@ -134,10 +135,14 @@ def bench_training(spec: ModelSpec, device: torch.device, *, dtype: str = "float
             loss.backward()
             optimizer.step()
 
-        timing = measure(step, device, warmup=warmup, repeats=repeats)
-        median_ms = timing.median * 1e3
-        native_ms = native_ms or median_ms
-        rows.append(ModelRow(**base, status="ok", median_ms=median_ms,
-                             spread_ms=timing.spread * 1e3, items_per_s=batch / timing.median,
-                             speedup=native_ms / median_ms))
+        steps[variant_name] = step
+    # the variants take turns, so a slower or faster spell of the machine falls on all of them
+    timings = measure_interleaved(steps, device, warmup=warmup, repeats=repeats)
+    reference = timings.get("native") or next(iter(timings.values()), None)
+    for row in rows:
+        if row.variant in timings:
+            timing = timings[row.variant]
+            row.median_ms, row.spread_ms = timing.median * 1e3, timing.spread * 1e3
+            row.items_per_s = batch / timing.median
+            row.speedup = reference.median / timing.median
     return rows
