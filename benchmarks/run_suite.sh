@@ -2,6 +2,7 @@
 # The whole benchmark suite in one run, into benchmarks/results/<device>-<date>/: every model,
 # float32 in NCHW and channels_last, and the half-precision autocast the device trains in
 # (float16 and bfloat16 on a GPU, bfloat16 on the CPU). Usage: benchmarks/run_suite.sh [extra args]
+# MODELS and HALF_MODELS (space-separated) narrow the float32 and the half-precision runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -13,9 +14,12 @@ print(re.sub(r'[^a-z0-9]+', '-', device_name('$device').lower()).strip('-'))")
 out=benchmarks/results/${slug}-$(date +%Y%m%d)
 models=${MODELS:-"mobilenet_v1 mobilenet_v2 mobilenet_v3_large efficientnet_b0 convnext_tiny regnet_y_400mf resnext50_32x4d x3d_style causal_conv1d"}
 if [ "$device" = cuda ]; then half="--dtype float16 --dtype bfloat16"; else half="--dtype bfloat16"; fi
+half_models=${HALF_MODELS:-$models}
 for model in $models; do
   $PY -m diagonalwise bench --model "$model" --device "$device" --layout contiguous \
       --layout channels_last --dtype float32 --output "$out/$model" "$@"
+done
+for model in $half_models; do
   $PY -m diagonalwise bench --model "$model" --device "$device" $half \
       --output "$out/$model-half" "$@"
 done

@@ -126,10 +126,11 @@ class BenchResult:
         return header, rows
 
     def model_summary(self) -> tuple[list[str], list[list[str]]]:
-        header = ["model", "variant", "dtype", "layout", "batch", "size", "step ms", "items/s",
-                  "speedup", "algorithms"]
+        header = ["model", "variant", "dtype", "layout", "batch", "size", "step ms (IQR)",
+                  "items/s", "speedup", "algorithms"]
         rows = [[r.model, r.variant, r.dtype, r.layout, str(r.batch), str(r.size),
-                 _number(r.median_ms, 1), _number(r.items_per_s, 1),
+                 f"{_number(r.median_ms, 1)} ({_number(r.spread_ms, 1)})",
+                 _number(r.items_per_s, 1),
                  f"{_number(r.speedup)}x" if r.status == "ok" else r.status, r.algorithms]
                 for r in self.models]
         return header, rows
