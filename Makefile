@@ -1,17 +1,44 @@
-# The two entry points: `make demo` (the main job) and `make test`. Each creates .venv and
-# installs what it needs; torch and torchvision are pinned to the releases on this machine's disk.
+# The two entry points: `make demo` (the main job) and `make test`. Each creates the virtual
+# environments it needs and installs into them; torch and torchvision are pinned to the releases
+# on this machine's disk. The other frameworks get environments of their own (.venv-jax,
+# .venv-tf, .venv-mxnet), since their pins conflict (MXNet needs numpy < 1.24).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+QUIET_PIP := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: demo test lint install bench clean
+.PHONY: demo test test-torch test-jax test-tf test-mxnet lint install bench clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 \
-		-e '.[test,bench]' 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
-	$(PY) -c "import diagonalwise, torchvision, pytest, hypothesis"
+		-e '.[test,bench]' $(QUIET_PIP)
+	$(PY) -c "import diagonalwise, torchvision, pytest, hypothesis, keras"
+	touch $@
+
+.venv-jax/.installed: pyproject.toml
+	test -x .venv-jax/bin/python || $(PYTHON) -m venv .venv-jax
+	.venv-jax/bin/pip install -q --disable-pip-version-check 'jax>=0.4.30' 'flax>=0.10' optax \
+		'keras>=3.5' pytest numpy h5py $(QUIET_PIP)
+	.venv-jax/bin/pip install -q --disable-pip-version-check --no-deps -e . $(QUIET_PIP)
+	.venv-jax/bin/python -c "import diagonalwise.jax, diagonalwise.flax, keras"
+	touch $@
+
+.venv-tf/.installed: pyproject.toml
+	test -x .venv-tf/bin/python || $(PYTHON) -m venv .venv-tf
+	.venv-tf/bin/pip install -q --disable-pip-version-check tensorflow-cpu 'keras>=3.5' pytest \
+		numpy h5py $(QUIET_PIP)
+	.venv-tf/bin/pip install -q --disable-pip-version-check --no-deps -e . $(QUIET_PIP)
+	.venv-tf/bin/python -c "import tensorflow, keras"
+	touch $@
+
+.venv-mxnet/.installed: pyproject.toml
+	test -x .venv-mxnet/bin/python || $(PYTHON) -m venv .venv-mxnet
+	.venv-mxnet/bin/pip install -q --disable-pip-version-check mxnet==1.9.1 'numpy<1.24' pytest \
+		$(QUIET_PIP)
+	.venv-mxnet/bin/pip install -q --disable-pip-version-check --no-deps -e . $(QUIET_PIP)
+	.venv-mxnet/bin/python -c "import mxnet, diagonalwise.mxnet"
 	touch $@
 
 install: $(INSTALLED)
@@ -22,16 +49,29 @@ install: $(INSTALLED)
 demo: $(INSTALLED)
 	$(PY) -m diagonalwise bench --model mobilenet_v1 --output out/demo
 
+test: test-torch test-jax test-tf test-mxnet
+
+test-torch: $(INSTALLED)
+	$(PY) -m ruff check src tests tests_frameworks examples
+	$(PY) -m pytest -q tests
+	KERAS_BACKEND=torch $(PY) -m pytest -q tests_frameworks/test_keras.py
+
+test-jax: .venv-jax/.installed
+	.venv-jax/bin/python -m pytest -q tests_frameworks/test_jax.py
+	KERAS_BACKEND=jax .venv-jax/bin/python -m pytest -q tests_frameworks/test_keras.py
+
+test-tf: .venv-tf/.installed
+	KERAS_BACKEND=tensorflow .venv-tf/bin/python -m pytest -q tests_frameworks/test_keras.py
+
+test-mxnet: .venv-mxnet/.installed
+	.venv-mxnet/bin/python -m pytest -q tests_frameworks/test_mxnet.py
+
+lint: $(INSTALLED)
+	$(PY) -m ruff check src tests tests_frameworks examples
+
 # Every model, dtype and layout, into benchmarks/results/, then the README tables.
 bench: $(INSTALLED)
 	benchmarks/run_suite.sh
 
-test: $(INSTALLED)
-	$(PY) -m ruff check src tests examples
-	$(PY) -m pytest -q
-
-lint: $(INSTALLED)
-	$(PY) -m ruff check src tests examples
-
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-jax .venv-tf .venv-mxnet .pytest_cache .ruff_cache .hypothesis

@@ -151,3 +151,12 @@ def test_report_prints_a_table():
     assert text.splitlines()[0] == "converted 1 layer(s), skipped 1"
     assert "converted  0  groups=4 block_diagonal:4" in text
     assert "skipped    1  groups=1" in text
+
+
+def test_package_attributes_are_the_functions_after_every_submodule_import():
+    import importlib
+
+    for name in ("conversion", "tuning", "functional", "modules", "bench.training", "cli"):
+        importlib.import_module(f"diagonalwise.{name}")
+    assert callable(dw.convert) and dw.convert.__name__ == "convert"
+    assert callable(dw.tune) and callable(dw.conv2d)

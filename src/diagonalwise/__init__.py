@@ -1,47 +1,42 @@
 """diagonalwise: fast training of depthwise and grouped convolutions by the diagonalwise
-refactorization (Qin et al., 2018), with the same numbers as PyTorch's own convolution."""
+refactorization (Qin et al., 2018), with the same numbers as the framework's own convolution.
 
-from .algorithms import (
-    Algorithm,
-    BlockDiagonal,
-    Native,
-    NativeChannelsLast,
-    available_algorithms,
-    block_diagonal_weight,
-    get_algorithm,
-    register_algorithm,
-)
-from .blocking import default_block_size, valid_block_sizes
-from .convert import ConversionReport, convert, revert
-from .functional import conv1d, conv2d, conv3d
-from .modules import DiagonalwiseConv1d, DiagonalwiseConv2d, DiagonalwiseConv3d
-from .reference import reference_conv
-from .tuning import Plan, TuningCache, tune
+The PyTorch API below loads on first use, so ``diagonalwise.jax``, ``diagonalwise.keras`` and
+``diagonalwise.mxnet`` import without PyTorch installed.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Algorithm",
-    "BlockDiagonal",
-    "ConversionReport",
-    "DiagonalwiseConv1d",
-    "DiagonalwiseConv2d",
-    "DiagonalwiseConv3d",
-    "Native",
-    "NativeChannelsLast",
-    "Plan",
-    "TuningCache",
-    "available_algorithms",
-    "block_diagonal_weight",
-    "conv1d",
-    "conv2d",
-    "conv3d",
-    "convert",
-    "default_block_size",
-    "get_algorithm",
-    "register_algorithm",
-    "reference_conv",
-    "revert",
-    "tune",
-    "valid_block_sizes",
-]
+#: public name -> submodule that defines it (PyTorch front end)
+_TORCH_API = {
+    "Algorithm": "algorithms", "BlockDiagonal": "algorithms", "Native": "algorithms",
+    "NativeChannelsLast": "algorithms", "available_algorithms": "algorithms",
+    "block_diagonal_weight": "algorithms", "get_algorithm": "algorithms",
+    "register_algorithm": "algorithms",
+    "default_block_size": "blocking", "valid_block_sizes": "blocking",
+    "ConversionReport": "conversion", "convert": "conversion", "revert": "conversion",
+    "conv1d": "functional", "conv2d": "functional", "conv3d": "functional",
+    "DiagonalwiseConv1d": "modules", "DiagonalwiseConv2d": "modules",
+    "DiagonalwiseConv3d": "modules",
+    "reference_conv": "reference",
+    "Plan": "tuning", "TuningCache": "tuning", "tune": "tuning",
+}
+
+__all__ = sorted(_TORCH_API)
+
+
+def __getattr__(name: str):
+    if name in _TORCH_API:
+        value = getattr(importlib.import_module(f".{_TORCH_API[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'diagonalwise' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
+

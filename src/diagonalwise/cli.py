@@ -209,7 +209,7 @@ def run_bench(args) -> int:
 def run_tune(args) -> int:
     from .bench.registry import MODELS
     from .bench.training import autocast_context, to_layout
-    from .convert import convert
+    from .conversion import convert
     from .timing import environment
     from .tuning import tune
 

@@ -311,7 +311,7 @@ class Plan:
     def apply(self, model: nn.Module) -> nn.Module:
         """Set every layer the plan names to its algorithm, converting plain convolutions; returns
         the root. A layer name the model lacks is an error."""
-        from .convert import _walk_and_replace
+        from .conversion import _walk_and_replace
 
         modules = dict(model.named_modules())
         missing = [name for name in self.layers if name not in modules]

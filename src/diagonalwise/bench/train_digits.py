@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..convert import convert
+from ..conversion import convert
 from ..models import MobileNetV1
 from ..timing import environment, synchronize
 from ..tuning import write_json_atomic
