@@ -66,11 +66,11 @@ def test_parameters_interchange(tmp_path):
     path = str(tmp_path / "conv.params")
     native.save_parameters(path)
     fresh = DiagonalwiseConv2D(16, 3, padding=1, groups=8, in_channels=8, block_size=4)
-    fresh.load_parameters(path)
+    fresh.load_parameters(path, cast_dtype=True, dtype_source="saved")
     np.testing.assert_array_equal(fresh.weight.data().asnumpy(), native.weight.data().asnumpy())
     ours.save_parameters(path)
     back = gluon.nn.Conv2D(16, 3, padding=1, groups=8, in_channels=8)
-    back.load_parameters(path)
+    back.load_parameters(path, cast_dtype=True, dtype_source="saved")
     np.testing.assert_array_equal(back.weight.data().asnumpy(), ours.weight.data().asnumpy())
 
 

@@ -45,10 +45,12 @@ def grouped_conv_general_dilated(
     preferred_element_type=None,
     *,
     block_size: int | None = None,
+    **lax_kwargs,
 ) -> jnp.ndarray:
     """``lax.conv_general_dilated`` with ``block_size`` of its ``feature_group_count`` groups packed
     into each dense block (1: the grouped conv itself; None: the paper's 32 channels per block,
-    rounded down to a divisor). Any ``dimension_numbers`` (NCHW/OIHW, NHWC/HWIO, ...)."""
+    rounded down to a divisor). Any ``dimension_numbers`` (NCHW/OIHW, NHWC/HWIO, ...); further
+    keywords (``out_sharding``, ...) go to ``lax.conv_general_dilated``."""
     if batch_group_count != 1:
         raise ValueError("block_size applies to feature groups; batch_group_count must be 1")
     numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
@@ -62,7 +64,7 @@ def grouped_conv_general_dilated(
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, numbers,
         feature_group_count=groups // block, precision=precision,
-        preferred_element_type=preferred_element_type)
+        preferred_element_type=preferred_element_type, **lax_kwargs)
 
 
 def depthwise_conv(

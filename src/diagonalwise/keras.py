@@ -56,19 +56,24 @@ class _DiagonalwiseDepthwise:
         return {**super().get_config(), "block_size": self.requested_block_size}
 
 
-@keras.saving.register_keras_serializable(package="diagonalwise")
 class DiagonalwiseDepthwiseConv2D(_DiagonalwiseDepthwise, keras.layers.DepthwiseConv2D):
     """``keras.layers.DepthwiseConv2D`` plus ``block_size`` (channels per dense block; None: the
     paper's 32 rounded down to a divisor of the channel count; 1: the depthwise conv itself)."""
 
 
-@keras.saving.register_keras_serializable(package="diagonalwise")
 class DiagonalwiseDepthwiseConv1D(_DiagonalwiseDepthwise, keras.layers.DepthwiseConv1D):
     """``keras.layers.DepthwiseConv1D`` plus ``block_size``, as the 2D layer."""
 
 
 _REPLACEMENTS = {keras.layers.DepthwiseConv2D: DiagonalwiseDepthwiseConv2D,
                  keras.layers.DepthwiseConv1D: DiagonalwiseDepthwiseConv1D}
+
+for _native, _layer in _REPLACEMENTS.items():
+    # Keras keys weight files by the snake-cased class name of each layer (not by its Python
+    # path), so the layers carry the native class name: a .weights.h5 written with either loads
+    # into the other. They serialize as "diagonalwise>DepthwiseConv2D".
+    _layer.__name__ = _native.__name__
+    keras.saving.register_keras_serializable(package="diagonalwise")(_layer)
 
 
 def convert_model(model: keras.Model, block_size: int | None = None) -> keras.Model:
