@@ -48,13 +48,22 @@ def autocast_context(device: torch.device, dtype: str):
     return torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
 def to_layout(tensor_or_model, layout: str):
+    """A tensor, or a model's 4-D/5-D parameters and buffers, in ``layout``; other ranks as they
+    are (a 1D model has no channels_last form)."""
     if layout != "channels_last":
         return tensor_or_model
     if isinstance(tensor_or_model, torch.Tensor):
-        fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(tensor_or_model.dim())
+        fmt = _CHANNELS_LAST.get(tensor_or_model.dim())
         return tensor_or_model.contiguous(memory_format=fmt) if fmt else tensor_or_model
-    return tensor_or_model.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for tensor in list(tensor_or_model.parameters()) + list(tensor_or_model.buffers()):
+            if tensor.dim() in _CHANNELS_LAST:
+                tensor.data = tensor.data.contiguous(memory_format=_CHANNELS_LAST[tensor.dim()])
+    return tensor_or_model
 
 
 def algorithm_summary(model: nn.Module) -> str:
