@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 QUIET_PIP := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: demo test test-torch test-jax test-tf test-mxnet lint install bench clean
+.PHONY: demo test test-torch test-triton test-jax test-tf test-mxnet lint install bench bench-gpu clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,12 +49,16 @@ install: $(INSTALLED)
 demo: $(INSTALLED)
 	$(PY) -m diagonalwise bench --model mobilenet_v1 --output out/demo
 
-test: test-torch test-jax test-tf test-mxnet
+test: test-torch test-triton test-jax test-tf test-mxnet
 
 test-torch: $(INSTALLED)
-	$(PY) -m ruff check src tests tests_frameworks examples
+	$(PY) -m ruff check src tests tests_frameworks tests_triton examples
 	$(PY) -m pytest -q tests
 	KERAS_BACKEND=torch $(PY) -m pytest -q tests_frameworks/test_keras.py
+
+# Our Triton kernels on CPU tensors through Triton's interpreter (slow; small shapes).
+test-triton: $(INSTALLED)
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests_triton
 
 test-jax: .venv-jax/.installed
 	.venv-jax/bin/python -m pytest -q tests_frameworks/test_jax.py
@@ -67,11 +71,17 @@ test-mxnet: .venv-mxnet/.installed
 	.venv-mxnet/bin/python -m pytest -q tests_frameworks/test_mxnet.py
 
 lint: $(INSTALLED)
-	$(PY) -m ruff check src tests tests_frameworks examples
+	$(PY) -m ruff check src tests tests_frameworks tests_triton examples
 
 # Every model, dtype and layout, into benchmarks/results/, then the README tables.
 bench: $(INSTALLED)
 	benchmarks/run_suite.sh
+
+# On a GPU machine: the whole suite (native, refactorized, our Triton kernels; float32, float16,
+# bfloat16; NCHW and channels_last) with the large-kernel set, in one run.
+bench-gpu: $(INSTALLED)
+	MODELS="mobilenet_v1 mobilenet_v2 efficientnet_b0 convnext_tiny large_kernels regnet_y_400mf \
+		resnext50_32x4d mobilenet_v3_large x3d_style causal_conv1d" benchmarks/run_suite.sh
 
 clean:
 	rm -rf $(VENV) .venv-jax .venv-tf .venv-mxnet .pytest_cache .ruff_cache .hypothesis

@@ -39,6 +39,8 @@ W = torch.randn(8, 1, 3, 3)
         (lambda: dw.conv2d(X, W, groups=8, algorithm="native:3"), ValueError,
          "takes no ':' argument"),
         (lambda: dw.conv2d(X.numpy(), W, groups=8), TypeError, "takes tensors"),
+        (lambda: dw.conv2d(X, W, groups=8, algorithm="triton"), RuntimeError,
+         "needs an NVIDIA GPU with Triton"),
         (lambda: dw.convert(object()), TypeError, "convert takes an nn.Module"),
         (lambda: dw.convert(torch.nn.Conv2d(4, 4, 3, groups=4), block_size=0), ValueError,
          "block_size must be a positive int, None or .auto."),

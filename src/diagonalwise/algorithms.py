@@ -177,3 +177,7 @@ def get_algorithm(name: str | Algorithm) -> Algorithm:
 def available_algorithms() -> list[str]:
     """The registered algorithm families."""
     return sorted(_FAMILIES)
+
+
+# Our own kernels register themselves as algorithm families (they import Triton only when run).
+from . import kernels  # noqa: E402, F401

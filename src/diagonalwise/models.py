@@ -4,6 +4,7 @@
 - :class:`X3DStyleNet`, 3D inverted-bottleneck blocks with 3x3x3 depthwise convolutions
   (in the manner of X3D, Feichtenhofer 2020).
 - :class:`CausalConvMixer`, Mamba-style blocks around a causal depthwise ``nn.Conv1d``.
+- :class:`LargeKernelNet`, RepLKNet-style 13x13 and 31x31 depthwise layers.
 """
 
 from __future__ import annotations
@@ -121,3 +122,23 @@ class CausalConvMixer(nn.Sequential):
 class _MeanOverLength(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=1)
+
+
+class LargeKernelNet(nn.Sequential):
+    """RepLKNet-style stages of large depthwise kernels (13x13, then 31x31), each between 1x1
+    convolutions, for the large-kernel benchmarks. Input (N, 3, H, W)."""
+
+    def __init__(self, num_classes: int = 1000, widths: tuple[int, ...] = (64, 128),
+                 kernels: tuple[int, ...] = (13, 31)) -> None:
+        layers: list[nn.Module] = [
+            _conv_bn_relu(nn.Conv2d(3, widths[0], 3, 4, 1, bias=False), widths[0])]
+        channels = widths[0]
+        for width, kernel in zip(widths, kernels):
+            layers += [
+                _conv_bn_relu(nn.Conv2d(channels, width, 1, bias=False), width),
+                _conv_bn_relu(nn.Conv2d(width, width, kernel, padding=kernel // 2, groups=width,
+                                        bias=False), width),
+            ]
+            channels = width
+        super().__init__(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(channels, num_classes))

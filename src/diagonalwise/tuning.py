@@ -28,6 +28,7 @@ from torch import nn
 
 from .algorithms import Algorithm, BlockDiagonal, Native, NativeChannelsLast, get_algorithm
 from .blocking import default_block_size, divisors
+from .kernels import triton_candidates
 from .layers import ConvCall, collect_conv_calls, is_tunable
 from .modules import DIAGONALWISE_TYPE, _DiagonalwiseConvNd
 from .timing import environment, measure
@@ -40,8 +41,9 @@ CACHE_FORMAT = 1
 GATE_TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float32_tf32": 5e-3, "float16": 1e-2,
                   "bfloat16": 4e-2}
 
-#: Functions ``(call, device) -> [Algorithm]`` that add candidates (own kernels register here).
-CANDIDATE_PROVIDERS: list[Callable[[ConvCall, torch.device], list[Algorithm]]] = []
+#: Functions ``(call, device) -> [Algorithm]`` that add candidates: our own kernels, where they run.
+CANDIDATE_PROVIDERS: list[Callable[[ConvCall, torch.device], list[Algorithm]]] = [
+    triton_candidates]
 
 Timer = Callable[[ConvCall, Algorithm, torch.device], float]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..models import CausalConvMixer, MobileNetV1, X3DStyleNet
+from ..models import CausalConvMixer, LargeKernelNet, MobileNetV1, X3DStyleNet
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,8 @@ MODELS: dict[str, ModelSpec] = {
                   "torchvision RegNetY-400MF (grouped, 8 channels per group)"),
         ModelSpec("resnext50_32x4d", _torchvision("resnext50_32x4d"), _image, 1000, 64, 224, 4,
                   128, "torchvision ResNeXt-50 32x4d (grouped)"),
+        ModelSpec("large_kernels", LargeKernelNet, _image, 1000, 64, 224, 4, 128,
+                  "RepLKNet-style 13x13 and 31x31 depthwise layers"),
         ModelSpec("x3d_style", X3DStyleNet, lambda b, s: (b, 3, 8, s, s), 400, 32, 112, 4, 64,
                   "X3D-style 3D net (3x3x3 depthwise), 8 frames"),
         ModelSpec("causal_conv1d", CausalConvMixer, lambda b, s: (b, s, 256), 10, 64, 2048, 8, 512,
