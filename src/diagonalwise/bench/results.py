@@ -208,13 +208,25 @@ README_END = "<!-- results:end -->"
 def results_markdown(results_root: Path, relative_to: Path) -> str:
     """Markdown tables of every results.json under ``results_root``, each headed by its machine
     line and provenance, with a link to its plots."""
+    results = [(path, BenchResult.from_dict(json.loads(path.read_text())))
+               for path in sorted(results_root.rglob("results.json"))]
+    summary = [[r.model, r.dtype, r.layout, str(r.batch), str(r.size), r.variant,
+                _number(r.median_ms, 1), f"{_number(r.speedup)}x" if r.status == "ok"
+                else r.status, r.algorithms, result.machine().removeprefix("machine: ")]
+               for _, result in results for r in result.models if r.variant != "native"]
     sections = []
-    for path in sorted(results_root.rglob("results.json")):
-        result = BenchResult.from_dict(json.loads(path.read_text()))
+    if summary:
+        sections.append("Training-step speedup over native, per model (details below):\n\n"
+                        + render_markdown(["model", "dtype", "layout", "batch", "size", "variant",
+                                           "step ms", "speedup", "algorithms", "machine"],
+                                          summary))
+    for path, result in results:
         info = result.provenance
         directory = path.parent.relative_to(relative_to)
+        commit = info["git_commit"][:12] + ("+dirty" if info["git_commit"].endswith("+dirty")
+                                            else "")
         sections.append(f"#### `{directory}`\n\n{result.machine()}  \n"
-                        f"commit `{info['git_commit'][:12]}`, {info['date']}, `{info['command']}`")
+                        f"commit `{commit}`, {info['date']}, `{info['command']}`")
         if result.models:
             sections.append("Training step (forward, loss, backward, SGD step):\n\n"
                             + render_markdown(*result.model_summary()))
