@@ -14,7 +14,7 @@ $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 \
 		-e '.[test,bench]' $(QUIET_PIP)
-	$(PY) -c "import diagonalwise, torchvision, pytest, hypothesis, keras"
+	KERAS_BACKEND=torch $(PY) -c "import diagonalwise, torchvision, pytest, hypothesis, keras"
 	touch $@
 
 .venv-jax/.installed: pyproject.toml
@@ -22,7 +22,7 @@ $(INSTALLED): pyproject.toml
 	.venv-jax/bin/pip install -q --disable-pip-version-check 'jax>=0.4.30' 'flax>=0.10' optax \
 		'keras>=3.5' pytest numpy h5py $(QUIET_PIP)
 	.venv-jax/bin/pip install -q --disable-pip-version-check --no-deps -e . $(QUIET_PIP)
-	.venv-jax/bin/python -c "import diagonalwise.jax, diagonalwise.flax, keras"
+	KERAS_BACKEND=jax .venv-jax/bin/python -c "import diagonalwise.jax, diagonalwise.flax, keras"
 	touch $@
 
 .venv-tf/.installed: pyproject.toml
