@@ -176,3 +176,15 @@ def test_a_few_training_steps_give_the_same_losses():
                                    verbose=0).history["loss"])
     np.testing.assert_allclose(histories[1], histories[0], **TOL)
     assert histories[0][-1] < histories[0][0]
+
+
+def test_convert_a_sequential_model_keeps_outputs_and_names():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16, 8), dtype=DTYPE),
+                              keras.layers.DepthwiseConv1D(3, padding="same", dtype=DTYPE),
+                              keras.layers.Conv1D(4, 1, dtype=DTYPE)])
+    converted = convert_model(model, block_size=4)
+    assert isinstance(converted.layers[0], DiagonalwiseDepthwiseConv1D)
+    assert converted.layers[0].block_size == 4
+    x = np.random.default_rng(0).standard_normal((2, 16, 8)).astype(DTYPE)
+    np.testing.assert_allclose(to_numpy(converted(x)), to_numpy(model(x)), **TOL)

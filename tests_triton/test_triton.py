@@ -1,5 +1,5 @@
 """The Triton kernels through Triton's CPU interpreter (run with TRITON_INTERPRET=1, set by the
-Makefile before Triton is imported): float64 equivalence with F.conv1d/conv2d, output and every
+Makefile before Triton is imported): float64 equivalence with F.conv1d/2d/3d, output and every
 gradient, plus layouts, autocast, torch.compile, determinism and the autotuner."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ TOL = dict(rtol=1e-10, atol=1e-10)
 
 
 def check(x, w, b, stride, padding, dilation, groups, tol=TOL):
-    conv = F.conv2d if w.dim() == 4 else F.conv1d
+    conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[w.dim()]
     leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, w, b)]
     ours = dw.functional.conv_nd(w.dim() - 2, *leaves, stride, padding, dilation, groups,
                                  algorithm="triton")
@@ -75,6 +75,21 @@ def test_1d_matches_native_float64(case):
     w = torch.randn(channels * multiplier, 1, kernel, dtype=torch.float64)
     check(x, w, torch.randn(channels * multiplier, dtype=torch.float64), (stride,),
           padding if isinstance(padding, str) else (padding,), (dilation,), channels)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", [(4, 1, (3, 3, 3), 1, 1, 1, (5, 7, 7)),
+                                  (3, 2, (1, 3, 3), (1, 2, 2), (0, 1, 1), 1, (3, 9, 8)),
+                                  (2, 1, (3, 1, 2), 1, "same", (2, 1, 1), (5, 3, 4))], ids=str)
+def test_3d_matches_native_float64(case, layout):
+    channels, multiplier, kernel, stride, padding, dilation, size = case
+    torch.manual_seed(0)
+    x = torch.randn(2, channels, *size, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    w = torch.randn(channels * multiplier, 1, *kernel, dtype=torch.float64)
+    check(x, w, torch.randn(channels * multiplier, dtype=torch.float64), stride, padding, dilation,
+          channels)
 
 
 def test_unbatched_input():
@@ -140,5 +155,5 @@ def test_tuner_offers_and_gates_triton():
 
 
 def test_non_depthwise_is_refused_clearly():
-    with pytest.raises(ValueError, match="computes depthwise 1D/2D convolutions"):
+    with pytest.raises(ValueError, match="computes depthwise convolutions"):
         dw.conv2d(torch.randn(1, 4, 5, 5), torch.randn(4, 2, 3, 3), groups=2, algorithm="triton")

@@ -1,7 +1,7 @@
-"""Our own kernels as an algorithm: ``"triton"``, depthwise 1D/2D convolution in Triton.
+"""Our own kernels as an algorithm: ``"triton"``, depthwise 1D/2D/3D convolution in Triton.
 
 Equivalence contract: ``get_algorithm("triton")(x, w, b, stride, padding, dilation, groups)``
-equals ``F.conv1d/conv2d`` for depthwise convolutions (``groups == in_channels``, weight
+equals ``F.conv1d/2d/3d`` for depthwise convolutions (``groups == in_channels``, weight
 ``(C * M, 1, *kernel)``), in value and in the input, weight and bias gradients, with float32
 accumulation. It runs through ``torch.library`` custom ops, so ``torch.compile`` sees no graph
 break, and its weight gradient reduces without atomics, so it is deterministic. It needs an NVIDIA
@@ -18,6 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from ..algorithms import Algorithm, register_algorithm
+
+
+def _channels_innermost(x: torch.Tensor) -> bool:
+    return x.stride(1) == 1 and x.shape[1] > 1
 
 
 def interpreter_enabled() -> bool:
@@ -49,8 +53,8 @@ def _output_size(size, kernel, stride, padding, dilation, same):
             for s, k, st, p, d in zip(size, kernel, stride, padding, dilation)]
 
 
-@torch.library.custom_op("diagonalwise::triton_depthwise2d", mutates_args=())
-def _depthwise2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+@torch.library.custom_op("diagonalwise::triton_depthwise3d", mutates_args=())
+def _depthwise3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  stride: list[int], padding: list[int], dilation: list[int],
                  output_size: list[int]) -> torch.Tensor:
     from . import triton_depthwise
@@ -58,23 +62,22 @@ def _depthwise2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return triton_depthwise.forward(x, weight, bias, stride, padding, dilation, output_size)
 
 
-@_depthwise2d.register_fake
+@_depthwise3d.register_fake
 def _(x, weight, bias, stride, padding, dilation, output_size):
-    layout = (torch.channels_last if x.stride(1) == 1 and x.shape[1] > 1
-              else torch.contiguous_format)
+    layout = torch.channels_last_3d if _channels_innermost(x) else torch.contiguous_format
     return torch.empty((x.shape[0], weight.shape[0], *output_size), dtype=x.dtype,
                        device=x.device, memory_format=layout)
 
 
-@torch.library.custom_op("diagonalwise::triton_depthwise2d_backward", mutates_args=())
-def _depthwise2d_backward(grad_output: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+@torch.library.custom_op("diagonalwise::triton_depthwise3d_backward", mutates_args=())
+def _depthwise3d_backward(grad_output: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                           stride: list[int], padding: list[int], dilation: list[int],
                           input_grad: bool, weight_grad: bool
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     from . import triton_depthwise
 
     grad_output = grad_output.contiguous(
-        memory_format=torch.channels_last if x.stride(1) == 1 and x.shape[1] > 1
+        memory_format=torch.channels_last_3d if _channels_innermost(x)
         else torch.contiguous_format)
     dx = (triton_depthwise.input_grad(grad_output, x, weight, stride, padding, dilation)
           if input_grad else torch.zeros_like(x))
@@ -83,7 +86,7 @@ def _depthwise2d_backward(grad_output: torch.Tensor, x: torch.Tensor, weight: to
     return dx, dw
 
 
-@_depthwise2d_backward.register_fake
+@_depthwise3d_backward.register_fake
 def _(grad_output, x, weight, stride, padding, dilation, input_grad, weight_grad):
     return torch.empty_like(x), torch.empty_like(weight)
 
@@ -97,18 +100,18 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_output):
     x, weight = ctx.saved_tensors
-    dx, dw = _depthwise2d_backward(grad_output, x, weight, *ctx.geometry,
+    dx, dw = _depthwise3d_backward(grad_output, x, weight, *ctx.geometry,
                                    ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-    db = grad_output.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    db = grad_output.sum((0, 2, 3, 4)) if ctx.has_bias and ctx.needs_input_grad[2] else None
     return dx, dw, db, None, None, None, None
 
 
-_depthwise2d.register_autograd(_backward, setup_context=_setup_context)
+_depthwise3d.register_autograd(_backward, setup_context=_setup_context)
 
 
 @dataclass(frozen=True, repr=False)
 class TritonDepthwise(Algorithm):
-    """Our Triton kernels for depthwise 1D/2D convolutions (see the module docstring)."""
+    """Our Triton kernels for depthwise 1D/2D/3D convolutions (see the module docstring)."""
 
     name = "triton"
 
@@ -116,8 +119,8 @@ class TritonDepthwise(Algorithm):
         spatial_dims = weight.dim() - 2
         batched = input.dim() == spatial_dims + 2
         channels = input.shape[1 if batched else 0]
-        if spatial_dims not in (1, 2) or weight.shape[1] != 1 or groups != channels:
-            raise ValueError("the 'triton' algorithm computes depthwise 1D/2D convolutions "
+        if weight.shape[1] != 1 or groups != channels:
+            raise ValueError("the 'triton' algorithm computes depthwise convolutions "
                              "(groups == in_channels, weight (C * M, 1, *kernel)); use 'native' "
                              "or a block size for this one")
         if not triton_usable(input.device):
@@ -130,15 +133,18 @@ class TritonDepthwise(Algorithm):
             bias = bias.to(dtype) if bias is not None else None
         if not batched:
             input = input.unsqueeze(0)
-        if spatial_dims == 1:  # a 1D convolution is a 2D one with height 1
+        # 1D and 2D run as 3D with leading spatial dimensions of size 1
+        missing = 3 - spatial_dims
+        for _ in range(missing):
             input, weight = input.unsqueeze(2), weight.unsqueeze(2)
-            stride, dilation = (1, *stride), (1, *dilation)
-            padding = padding if isinstance(padding, str) else (0, *padding)
+        stride, dilation = (1,) * missing + tuple(stride), (1,) * missing + tuple(dilation)
+        if not isinstance(padding, str):
+            padding = (0,) * missing + tuple(padding)
         kernel = weight.shape[2:]
         leading = _leading_padding(padding, kernel, dilation)
         size = _output_size(input.shape[2:], kernel, stride, leading, dilation, padding == "same")
-        output = _depthwise2d(input, weight, bias, list(stride), leading, list(dilation), size)
-        if spatial_dims == 1:
+        output = _depthwise3d(input, weight, bias, list(stride), leading, list(dilation), size)
+        for _ in range(missing):
             output = output.squeeze(2)
         return output if batched else output.squeeze(0)
 
@@ -153,8 +159,8 @@ register_algorithm("triton", _triton_factory)
 
 
 def triton_candidates(call, device: torch.device) -> list[Algorithm]:
-    """The autotuner's provider: the Triton kernels for depthwise 1D/2D calls where they run."""
-    if call.spatial_dims in (1, 2) and call.weight_shape[1] == 1 and \
+    """The autotuner's provider: the Triton kernels for depthwise calls where they run."""
+    if call.weight_shape[1] == 1 and \
             call.groups == call.input_shape[1] and triton_usable(device):
         return [TritonDepthwise()]
     return []
