@@ -152,6 +152,8 @@ def _ddp_worker(rank, world_size, init_file, state, batch, result_file):
         nn.functional.cross_entropy(model(x[shard]), y[shard]).backward()
         if rank == 0:
             torch.save({n: p.grad for n, p in model.module.named_parameters()}, result_file)
+        # no rank tears gloo down while another still talks to it (that aborts the process)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
