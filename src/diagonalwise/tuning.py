@@ -144,7 +144,7 @@ def choose(call: ConvCall, device: torch.device | str, *, timer: Timer | None = 
     and the decision is made on the medians.
     """
     device = torch.device(device)
-    timer = timer or (lambda c, a, d: measure_step(c, a, d))
+    timer = timer or measure_step
     choice = LayerChoice(algorithm="native", key=call.key())
     best = float("inf")
     larger_blocks_pruned = False
