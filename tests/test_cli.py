@@ -147,3 +147,11 @@ def test_report_regenerates_the_readme_section(tmp_path):
     readme.write_text("no markers")
     assert main(["report", "--results", str(tmp_path / "benchmarks"), "--readme",
                  str(readme)]) == 2
+
+
+def test_provenance_records_the_cpu_allocator_setup(tmp_path):
+    out = tmp_path / "out"
+    assert main(["bench", "--level", "layers", "--batch-size", "2", "--size", "32", "--repeats",
+                 "1", "--warmup", "1", "--device", "cpu", "--output", str(out)]) == 0
+    environment = json.loads((out / "results.json").read_text())["provenance"]["environment"]
+    assert environment["cpu_allocator"] == "glibc mallopt: mmap and trim thresholds 1 GiB"

@@ -264,7 +264,10 @@ def run_train(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .timing import keep_freed_memory_in_process
+
     args = build_parser().parse_args(argv)
+    keep_freed_memory_in_process()  # steady CPU timings; recorded in each result's provenance
     runners = {"bench": run_bench, "tune": run_tune, "env": run_env, "report": run_report,
                "train": run_train}
     try:
