@@ -45,7 +45,7 @@ install: $(INSTALLED)
 
 # The paper's experiment: MobileNet V1, every algorithm per layer and a full training step,
 # native vs the paper's 32 channels per block vs autotuned (batch 64 at 224x224 on a GPU;
-# batch 16 on a CPU, about two minutes on 2 cores).
+# batch 16 on a CPU, about a minute on 2 cores).
 demo: $(INSTALLED)
 	$(PY) -m diagonalwise bench --model mobilenet_v1 --output out/demo
 
