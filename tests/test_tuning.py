@@ -258,3 +258,35 @@ def test_convert_auto_tunes_with_example_inputs(tmp_path, monkeypatch):
     torch.testing.assert_close(model(x), native(x), **TOLERANCES[torch.float64])
     with pytest.raises(ValueError, match="pass example_inputs"):
         dw.convert(tiny_mobilenet(), block_size="auto")
+
+
+@pytest.mark.parametrize("tuned_seconds, kept", [(0.5, True), (2.0, False)])
+def test_whole_model_check_keeps_a_faster_plan_and_drops_a_slower_one(tmp_path, tuned_seconds,
+                                                                        kept):
+    torch.manual_seed(0)
+    native = tiny_mobilenet().double()
+    model = copy.deepcopy(native)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    plan = dw.tune(model, x, cache=False, timer=FakeTimer({"native": 1.0,
+                                                           "block_diagonal:8": 0.5}))
+    assert model[3].algorithm == dw.BlockDiagonal(8)
+    stats = model[1].running_mean.clone()
+    ran = []
+
+    def measure(functions):
+        for variant, function in functions.items():
+            function()  # each variant really runs: the check must undo its side effects
+            ran.append(variant)
+        return {"native": 1.0, "tuned": tuned_seconds}
+
+    assert tuning.check_whole_model(model, (x,), plan, measure=measure) is kept
+    assert sorted(ran) == ["native", "tuned"]
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(model[1].running_mean, stats)
+    assert plan.whole_model == {"tuned_seconds": tuned_seconds, "native_seconds": 1.0,
+                                "kept": kept}
+    expected = dw.BlockDiagonal(8) if kept else dw.Native()
+    assert model[3].algorithm == expected
+    assert plan.layers["3"].algorithm == ("block_diagonal:8" if kept else "native")
+    assert dw.Plan.from_dict(plan.to_dict()).whole_model == plan.whole_model
+    torch.testing.assert_close(model(x), native(x), **TOLERANCES[torch.float64])

@@ -224,6 +224,11 @@ def run_tune(args) -> int:
         plan = tune(model, (x,), cache=_cache(args, environment(device)), progress=True)
     plan.save(args.output)
     print(f"{len(plan.layers)} layers: " + ", ".join(f"{n} x {a}" for a, n in plan.summary().items()))
+    if plan.whole_model:
+        check = plan.whole_model
+        print(f"whole model forward+backward: tuned {1e3 * check['tuned_seconds']:.1f} ms, native "
+              f"{1e3 * check['native_seconds']:.1f} ms: "
+              + ("choices kept" if check["kept"] else "slower, so native everywhere"))
     print(f"plan written to {args.output}")
     return 0
 

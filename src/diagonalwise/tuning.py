@@ -4,10 +4,11 @@
 the calls by :meth:`ConvCall.key` (conv options, dtype, layout exactly; batch and spatial sizes by
 power-of-two bucket), and for each key measures forward+backward of every candidate that passes the
 correctness gate. Native is always a candidate, and another algorithm is chosen only when it beats
-native by ``min_gain`` (default 5%), so on the device it was tuned on a tuned model is not slower
-than native beyond noise. Decisions persist in a per-device JSON cache, written atomically under a
-file lock, so concurrent processes (DDP ranks) neither corrupt it nor disagree: the first decision
-stored for a key wins and every later process adopts it.
+native by ``min_gain`` (default 5%); then the whole model is timed with the choices and with
+native everywhere, and if the choices are slower, native it is. So on the device it was tuned on a
+tuned model is not slower than native beyond noise. Decisions persist in a per-device JSON cache,
+written atomically under a file lock, so concurrent processes (DDP ranks) neither corrupt it nor
+disagree: the first decision stored for a key wins and every later process adopts it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import statistics
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from .blocking import default_block_size, divisors
 from .kernels import triton_candidates
 from .layers import ConvCall, collect_conv_calls, is_tunable
 from .modules import DIAGONALWISE_TYPE, _DiagonalwiseConvNd
-from .timing import environment, measure
+from .timing import environment, measure, measure_interleaved
 
 CACHE_FORMAT = 1
 
@@ -283,10 +284,14 @@ class Plan:
 
     layers: dict[str, LayerChoice] = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
+    #: The whole-model check (:func:`check_whole_model`): seconds tuned and native, and whether
+    #: the per-layer choices were kept.
+    whole_model: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"format": CACHE_FORMAT, "environment": self.environment,
-                "layers": {name: asdict(choice) for name, choice in self.layers.items()}}
+                "layers": {name: asdict(choice) for name, choice in self.layers.items()},
+                "whole_model": self.whole_model}
 
     @classmethod
     def from_dict(cls, data: dict) -> Plan:
@@ -294,7 +299,7 @@ class Plan:
             raise ValueError(f"not a diagonalwise plan (format {data.get('format')!r}, "
                              f"expected {CACHE_FORMAT})")
         return cls({name: LayerChoice(**choice) for name, choice in data["layers"].items()},
-                   data.get("environment", {}))
+                   data.get("environment", {}), data.get("whole_model", {}))
 
     def save(self, path: str | os.PathLike) -> None:
         write_json_atomic(path, self.to_dict())
@@ -336,6 +341,64 @@ class Plan:
         return _walk_and_replace(model, replace)
 
 
+ModelMeasure = Callable[[dict[str, Callable[[], object]]], dict[str, float]]
+
+
+def _model_step(model: nn.Module, example_inputs: tuple) -> Callable[[], None]:
+    """A forward and a backward of the sum of the model's floating-point outputs."""
+
+    def step() -> None:
+        output = model(*example_inputs)
+        outputs = output if isinstance(output, (tuple, list)) else [output]
+        tensors = [t for t in outputs if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        sum(t.float().sum() for t in tensors).backward()
+
+    return step
+
+
+def check_whole_model(model: nn.Module, example_inputs: tuple, plan: Plan, *,
+                      measure: ModelMeasure | None = None, repeats: int = 5) -> bool:
+    """Time forward+backward of the whole model with the plan's algorithms and with native ones,
+    taking turns; if the plan is slower, set every planned layer to native (in the model and the
+    plan). The tuner times each layer alone, which misses costs that appear only between layers
+    (a layout change meeting its neighbours); this keeps a tuned model from being slower than
+    native. Gradients and batch-norm statistics are put back afterwards. Returns whether the
+    plan was kept; ``plan.whole_model`` records the times."""
+    modules = dict(model.named_modules())
+    tuned = {name: modules[name].algorithm for name in plan.layers}
+
+    def configure(variant: str) -> None:
+        for name, algorithm in tuned.items():
+            modules[name].algorithm = algorithm if variant == "tuned" else Native()
+
+    step = _model_step(model, example_inputs)
+    functions = {variant: (lambda variant=variant: (configure(variant), step()))
+                 for variant in ("native", "tuned")}
+    saved_grads = [(p, None if p.grad is None else p.grad.clone()) for p in model.parameters()]
+    saved_buffers = [buffer.clone() for buffer in model.buffers()]
+    try:
+        if measure is None:
+            device = next(t.device for t in example_inputs if isinstance(t, torch.Tensor))
+            timings = measure_interleaved(functions, device, warmup=1, repeats=repeats)
+            seconds = {variant: timing.median for variant, timing in timings.items()}
+        else:
+            seconds = measure(functions)
+    finally:
+        with torch.no_grad():
+            for parameter, grad in saved_grads:
+                parameter.grad = grad
+            for buffer, saved in zip(model.buffers(), saved_buffers):
+                buffer.copy_(saved)
+    kept = seconds["tuned"] <= seconds["native"]
+    configure("tuned" if kept else "native")
+    if not kept:
+        plan.layers = {name: replace(choice, algorithm="native")
+                       for name, choice in plan.layers.items()}
+    plan.whole_model = {"tuned_seconds": seconds["tuned"], "native_seconds": seconds["native"],
+                        "kept": kept}
+    return kept
+
+
 def tune(
     model: nn.Module,
     example_inputs: tuple | torch.Tensor,
@@ -346,6 +409,7 @@ def tune(
     progress: bool = False,
     apply: bool = True,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    verify: bool | None = None,
 ) -> Plan:
     """Measure every candidate algorithm for each grouped convolution of ``model`` on the device
     of ``example_inputs`` and set each layer to the fastest (converting it if needed).
@@ -363,6 +427,8 @@ def tune(
         progress: show a progress bar (tqdm) over the distinct layer configurations.
         apply: set the layers of ``model``; with False only the plan is returned.
         filter_fn: ``filter_fn(module, qualified_name) -> bool``; only layers it accepts are tuned.
+        verify: run :func:`check_whole_model` after applying the plan (falls back to native if
+            the tuned model is slower). Default: when measuring for real (no ``timer``).
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
@@ -395,4 +461,7 @@ def tune(
     plan = Plan({name: decisions[call.key()] for name, call in calls.items()}, env)
     if apply:
         plan.apply(model)
+        if (timer is None if verify is None else verify) and any(
+                choice.algorithm != "native" for choice in plan.layers.values()):
+            check_whole_model(model, example_inputs, plan)
     return plan
