@@ -59,6 +59,10 @@ class Native(Algorithm):
         return NATIVE_CONV[weight.dim() - 2](input, weight, bias, stride, padding, dilation, groups)
 
 
+#: The channels-last memory format of a batched tensor, by its number of dimensions.
+CHANNELS_LAST_FORMAT = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
 @dataclass(frozen=True, repr=False)
 class NativeChannelsLast(Algorithm):
     """The native convolution computed in channels_last memory layout, the output given back in
@@ -70,7 +74,7 @@ class NativeChannelsLast(Algorithm):
         spatial_dims = weight.dim() - 2
         if input.dim() != spatial_dims + 2 or spatial_dims == 1:
             return Native()(input, weight, bias, stride, padding, dilation, groups)
-        layout = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+        layout = CHANNELS_LAST_FORMAT[input.dim()]
         if input.is_contiguous(memory_format=layout):
             return Native()(input, weight, bias, stride, padding, dilation, groups)
         output = Native()(

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .algorithms import Algorithm
+from .algorithms import CHANNELS_LAST_FORMAT, Algorithm
 from .modules import DIAGONALWISE_TYPE, _DiagonalwiseConvNd
 
 _DTYPE_NAMES = {torch.float64: "float64", torch.float32: "float32", torch.float16: "float16",
@@ -22,11 +22,9 @@ DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
 
 def memory_layout(tensor: torch.Tensor) -> str:
     """'channels_last' for a batched NHWC/NDHWC tensor (with more than one channel), else 'contiguous'."""
-    if tensor.dim() == 4 and tensor.shape[1] > 1 and tensor.is_contiguous(
-            memory_format=torch.channels_last) and not tensor.is_contiguous():
-        return "channels_last"
-    if tensor.dim() == 5 and tensor.shape[1] > 1 and tensor.is_contiguous(
-            memory_format=torch.channels_last_3d) and not tensor.is_contiguous():
+    fmt = CHANNELS_LAST_FORMAT.get(tensor.dim())
+    if fmt is not None and tensor.shape[1] > 1 and tensor.is_contiguous(memory_format=fmt) \
+            and not tensor.is_contiguous():
         return "channels_last"
     return "contiguous"
 
@@ -118,8 +116,7 @@ class ConvCall:
 
         x = randn(self.input_shape)
         if self.layout == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last if self.spatial_dims == 2
-                             else torch.channels_last_3d)
+            x = x.contiguous(memory_format=CHANNELS_LAST_FORMAT[x.dim()])
         weight = randn(self.weight_shape)
         bias = randn(self.weight_shape[:1]) if self.bias else None
         grad_output = randn(self.output_shape())

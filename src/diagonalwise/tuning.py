@@ -63,15 +63,23 @@ def candidate_block_sizes(groups: int, in_channels_per_group: int = 1,
     return sorted(set(sizes) | ({default} if default > 1 else set()))
 
 
-def candidate_algorithms(call: ConvCall, device: torch.device | str = "cpu") -> list[Algorithm]:
+def candidate_algorithms(call: ConvCall, device: torch.device | str = "cpu", *,
+                         all_block_sizes: bool = False,
+                         max_block_channels: int = 256) -> list[Algorithm]:
     """Native first, then native in channels_last (for a 2D/3D batched NCHW input), then the
-    refactorization with each of :func:`candidate_block_sizes`, then registered providers'."""
+    refactorization with each of :func:`candidate_block_sizes` (with ``all_block_sizes``: every
+    divisor of groups up to ``max_block_channels`` channels per block), then registered
+    providers'."""
     device = torch.device(device)
     candidates: list[Algorithm] = [Native()]
     if call.spatial_dims in (2, 3) and call.layout != "channels_last":
         candidates.append(NativeChannelsLast())
     in_per_group = call.weight_shape[1]
-    candidates += [BlockDiagonal(b) for b in candidate_block_sizes(call.groups, in_per_group)]
+    if all_block_sizes:
+        sizes = [d for d in divisors(call.groups)[1:] if d * in_per_group <= max_block_channels]
+    else:
+        sizes = candidate_block_sizes(call.groups, in_per_group, max_block_channels)
+    candidates += [BlockDiagonal(size) for size in sizes]
     for provider in CANDIDATE_PROVIDERS:
         candidates += provider(call, device)
     return candidates
@@ -94,6 +102,8 @@ def check_correctness(call: ConvCall, algorithm: Algorithm, device: torch.device
                       seed: int = 0) -> str | None:
     """None if ``algorithm`` reproduces native on this call (output and every gradient, within
     :data:`GATE_TOLERANCE`), else the reason it failed."""
+    if type(algorithm) is Native:
+        return None
     device = torch.device(device)
     operands = call.make_operands(device, seed)
     try:
@@ -154,11 +164,10 @@ def choose(call: ConvCall, device: torch.device | str, *, timer: Timer | None = 
         is_block = isinstance(algorithm, BlockDiagonal)
         if is_block and larger_blocks_pruned:
             continue
-        if type(algorithm) is not Native:
-            reason = check_correctness(call, algorithm, device)
-            if reason is not None:
-                choice.rejected[algorithm.name] = reason
-                continue
+        reason = check_correctness(call, algorithm, device)
+        if reason is not None:
+            choice.rejected[algorithm.name] = reason
+            continue
         seconds = timer(call, algorithm, device)
         choice.times[algorithm.name] = seconds
         if is_block:
@@ -258,16 +267,15 @@ class TuningCache:
         return choice
 
 
-def write_json_atomic(path: str | os.PathLike, data: object) -> None:
-    """Write JSON to a temporary file beside ``path``, flush it to disk, then rename it over
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, flush it to disk, then rename it over
     ``path``: a crash leaves either the old file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(descriptor, "w") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -275,6 +283,11 @@ def write_json_atomic(path: str | os.PathLike, data: object) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, data: object) -> None:
+    """:func:`write_text_atomic` of ``data`` as indented JSON."""
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 @dataclass

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..algorithms import Algorithm, BlockDiagonal, Native, NativeChannelsLast
-from ..blocking import divisors
+from ..algorithms import Algorithm
 from ..layers import ConvCall
 from ..timing import measure_interleaved
-from ..tuning import CANDIDATE_PROVIDERS, candidate_block_sizes, check_correctness
+from ..tuning import candidate_algorithms, check_correctness
 
 MODES = ("forward", "backward", "step")
 
@@ -43,24 +42,6 @@ class LayerRow:
     gflops: float | None = None
     gbs: float | None = None
     copy_fraction: float | None = None
-
-
-def bench_algorithms(call: ConvCall, device: torch.device, *, all_block_sizes: bool = False,
-                     max_block_channels: int = 256) -> list[Algorithm]:
-    """Native, native in channels_last, the refactorization with each block size (every divisor of
-    groups, or the 2x-spaced :func:`candidate_block_sizes`), and registered providers' kernels."""
-    in_per_group = call.weight_shape[1]
-    algorithms: list[Algorithm] = [Native()]
-    if call.spatial_dims in (2, 3) and call.layout != "channels_last":
-        algorithms.append(NativeChannelsLast())
-    if all_block_sizes:
-        sizes = [d for d in divisors(call.groups)[1:] if d * in_per_group <= max_block_channels]
-    else:
-        sizes = candidate_block_sizes(call.groups, in_per_group, max_block_channels)
-    algorithms += [BlockDiagonal(size) for size in sizes]
-    for provider in CANDIDATE_PROVIDERS:
-        algorithms += provider(call, device)
-    return algorithms
 
 
 def step_functions(call: ConvCall, algorithm: Algorithm, device: torch.device):
@@ -96,9 +77,9 @@ def bench_layer_calls(model_name: str, calls: dict[str, ConvCall], device: torch
                     stride="x".join(map(str, call.stride)), groups=call.groups, dtype=call.dtype,
                     layout=call.layout)
         functions: dict[str, dict] = {}
-        for algorithm in bench_algorithms(call, device, all_block_sizes=all_block_sizes,
-                                          max_block_channels=max_block_channels):
-            reason = None if type(algorithm) is Native else check_correctness(call, algorithm, device)
+        for algorithm in candidate_algorithms(call, device, all_block_sizes=all_block_sizes,
+                                              max_block_channels=max_block_channels):
+            reason = check_correctness(call, algorithm, device)
             if reason is not None:
                 rows += [LayerRow(**base, algorithm=algorithm.name, mode=mode,
                                   status=f"failed correctness: {reason}") for mode in MODES]

@@ -6,16 +6,14 @@ import csv
 import datetime
 import io
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .. import __version__
 from ..timing import machine_line
-from ..tuning import write_json_atomic
+from ..tuning import write_json_atomic, write_text_atomic
 from .layers import LayerRow
 from .training import ModelRow
 
@@ -42,13 +40,6 @@ def provenance(env: dict, arguments: dict) -> dict:
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "arguments": arguments,
     }
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
 
 
 def _csv_text(rows: list, row_type: type) -> str:
@@ -95,8 +86,8 @@ class BenchResult:
         Called after every finished piece of work, so a crash loses nothing already measured."""
         directory.mkdir(parents=True, exist_ok=True)
         write_json_atomic(directory / "results.json", self.to_dict())
-        _write_text_atomic(directory / "layers.csv", _csv_text(self.layers, LayerRow))
-        _write_text_atomic(directory / "models.csv", _csv_text(self.models, ModelRow))
+        write_text_atomic(directory / "layers.csv", _csv_text(self.layers, LayerRow))
+        write_text_atomic(directory / "models.csv", _csv_text(self.models, ModelRow))
         return [directory / name for name in ("results.json", "layers.csv", "models.csv")]
 
     def machine(self) -> str:
@@ -248,4 +239,4 @@ def update_readme(readme: Path, results_root: Path) -> None:
     before, rest = text.split(README_BEGIN, 1)
     after = rest.split(README_END, 1)[1]
     body = results_markdown(results_root, readme.parent)
-    _write_text_atomic(readme, f"{before}{README_BEGIN}\n{body}\n{README_END}{after}")
+    write_text_atomic(readme, f"{before}{README_BEGIN}\n{body}\n{README_END}{after}")

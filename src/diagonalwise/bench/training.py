@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..algorithms import CHANNELS_LAST_FORMAT
 from ..conversion import convert
 from ..layers import collect_conv_calls
 from ..modules import _DiagonalwiseConvNd
@@ -48,21 +49,18 @@ def autocast_context(device: torch.device, dtype: str):
     return torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 
-_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
-
-
 def to_layout(tensor_or_model, layout: str):
     """A tensor, or a model's 4-D/5-D parameters and buffers, in ``layout``; other ranks as they
     are (a 1D model has no channels_last form)."""
     if layout != "channels_last":
         return tensor_or_model
     if isinstance(tensor_or_model, torch.Tensor):
-        fmt = _CHANNELS_LAST.get(tensor_or_model.dim())
+        fmt = CHANNELS_LAST_FORMAT.get(tensor_or_model.dim())
         return tensor_or_model.contiguous(memory_format=fmt) if fmt else tensor_or_model
     with torch.no_grad():
         for tensor in list(tensor_or_model.parameters()) + list(tensor_or_model.buffers()):
-            if tensor.dim() in _CHANNELS_LAST:
-                tensor.data = tensor.data.contiguous(memory_format=_CHANNELS_LAST[tensor.dim()])
+            if tensor.dim() in CHANNELS_LAST_FORMAT:
+                tensor.data = tensor.data.contiguous(memory_format=CHANNELS_LAST_FORMAT[tensor.dim()])
     return tensor_or_model
 
 

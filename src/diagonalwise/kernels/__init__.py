@@ -20,8 +20,14 @@ import torch
 from ..algorithms import Algorithm, register_algorithm
 
 
-def _channels_innermost(x: torch.Tensor) -> bool:
+def channels_innermost(x: torch.Tensor) -> bool:
+    """Whether channels are the contiguous dimension (a channels_last tensor)."""
     return x.stride(1) == 1 and x.shape[1] > 1
+
+
+def memory_format_like(x: torch.Tensor) -> torch.memory_format:
+    """The format the kernels give their 5-D outputs and gradients: the input's."""
+    return torch.channels_last_3d if channels_innermost(x) else torch.contiguous_format
 
 
 def interpreter_enabled() -> bool:
@@ -64,9 +70,8 @@ def _depthwise3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 @_depthwise3d.register_fake
 def _(x, weight, bias, stride, padding, dilation, output_size):
-    layout = torch.channels_last_3d if _channels_innermost(x) else torch.contiguous_format
     return torch.empty((x.shape[0], weight.shape[0], *output_size), dtype=x.dtype,
-                       device=x.device, memory_format=layout)
+                       device=x.device, memory_format=memory_format_like(x))
 
 
 @torch.library.custom_op("diagonalwise::triton_depthwise3d_backward", mutates_args=())
@@ -76,9 +81,7 @@ def _depthwise3d_backward(grad_output: torch.Tensor, x: torch.Tensor, weight: to
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     from . import triton_depthwise
 
-    grad_output = grad_output.contiguous(
-        memory_format=torch.channels_last_3d if _channels_innermost(x)
-        else torch.contiguous_format)
+    grad_output = grad_output.contiguous(memory_format=memory_format_like(x))
     dx = (triton_depthwise.input_grad(grad_output, x, weight, stride, padding, dilation)
           if input_grad else torch.zeros_like(x))
     dw = (triton_depthwise.weight_grad(grad_output, x, weight, stride, padding, dilation)

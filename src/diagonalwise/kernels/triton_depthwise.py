@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import channels_innermost, memory_format_like
+
 
 @triton.jit
 def _forward_kernel(x, w, b, y, C, D, H, W, OD, OH, OW, M,
@@ -135,11 +137,6 @@ def _accumulator(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def channels_innermost(x: torch.Tensor) -> bool:
-    """Whether channels are the contiguous dimension (a channels_last tensor)."""
-    return x.stride(1) == 1 and x.shape[1] > 1
-
-
 def _blocks(x: torch.Tensor) -> tuple[int, int]:
     """(pixels, channels) per tile: wide in whichever dimension is contiguous in memory."""
     return (16, 64) if channels_innermost(x) else (64, 16)
@@ -155,8 +152,7 @@ def forward(x, weight, bias, stride, padding, dilation, output_size) -> torch.Te
     """x (N, C, D, H, W) -> y (N, C*M, *output_size) in x's memory layout; ``padding`` is the
     leading pad per dimension."""
     y = torch.empty((x.shape[0], weight.shape[0], *output_size), device=x.device, dtype=x.dtype,
-                    memory_format=torch.channels_last_3d if channels_innermost(x)
-                    else torch.contiguous_format)
+                    memory_format=memory_format_like(x))
     block_p, block_c = _blocks(x)
     pixels = output_size[0] * output_size[1] * output_size[2]
     grid = (x.shape[0], triton.cdiv(pixels, block_p), triton.cdiv(y.shape[1], block_c))
@@ -170,8 +166,7 @@ def forward(x, weight, bias, stride, padding, dilation, output_size) -> torch.Te
 
 
 def input_grad(grad_output, x, weight, stride, padding, dilation) -> torch.Tensor:
-    dx = torch.empty_like(x, memory_format=torch.channels_last_3d if channels_innermost(x)
-                          else torch.contiguous_format)
+    dx = torch.empty_like(x, memory_format=memory_format_like(x))
     block_p, block_c = _blocks(x)
     c, d, h, wd, od, oh, ow, m, *conv = _geometry(x, weight, stride, padding, dilation,
                                                   grad_output.shape[2:])
