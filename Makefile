@@ -51,29 +51,32 @@ demo: $(INSTALLED)
 
 test: test-torch test-triton test-jax test-tf test-mxnet
 
+# tests/ has a folder per room: core, tuning, cli (PyTorch), kernels (Triton), frontends (one
+# file per framework, each run in its framework's environment). Property-based tests run the
+# derandomized 'ci' profile of tests/conftest.py; HYPOTHESIS_PROFILE=dev searches anew.
 test-torch: $(INSTALLED)
-	$(PY) -m ruff check src tests tests_frameworks tests_triton examples
-	$(PY) -m pytest -q tests
-	KERAS_BACKEND=torch $(PY) -m pytest -q tests_frameworks/test_keras.py
+	$(PY) -m ruff check src tests examples
+	$(PY) -m pytest -q tests/core tests/tuning tests/cli
+	KERAS_BACKEND=torch $(PY) -m pytest -q tests/frontends/test_keras.py
 
 # Our Triton kernels on CPU tensors through Triton's interpreter (slow; small shapes).
 test-triton: $(INSTALLED)
-	TRITON_INTERPRET=1 $(PY) -m pytest -q tests_triton
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/kernels
 
 test-jax: .venv-jax/.installed
-	.venv-jax/bin/python -m pytest -q tests_frameworks/test_jax.py
-	KERAS_BACKEND=jax .venv-jax/bin/python -m pytest -q tests_frameworks/test_keras.py
+	.venv-jax/bin/python -m pytest -q tests/frontends/test_jax.py
+	KERAS_BACKEND=jax .venv-jax/bin/python -m pytest -q tests/frontends/test_keras.py
 
 test-tf: .venv-tf/.installed
-	KERAS_BACKEND=tensorflow .venv-tf/bin/python -m pytest -q tests_frameworks/test_keras.py
+	KERAS_BACKEND=tensorflow .venv-tf/bin/python -m pytest -q tests/frontends/test_keras.py
 
 test-mxnet: .venv-mxnet/.installed
-	.venv-mxnet/bin/python -m pytest -q tests_frameworks/test_mxnet.py
+	.venv-mxnet/bin/python -m pytest -q tests/frontends/test_mxnet.py
 
 lint: $(INSTALLED)
-	$(PY) -m ruff check src tests tests_frameworks tests_triton examples
+	$(PY) -m ruff check src tests examples
 
-# Every model, dtype and layout, into benchmarks/results/, then the README tables.
+# Every model, dtype and layout, into benchmarks/results/ (from a clean tree), then the tables.
 bench: $(INSTALLED)
 	benchmarks/run_suite.sh
 

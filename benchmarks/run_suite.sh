@@ -5,6 +5,11 @@
 # MODELS and HALF_MODELS (space-separated) narrow the float32 and the half-precision runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# committed results must name the commit that produced them
+if [ -n "$(git status --porcelain --untracked-files=no)" ] && [ "${ALLOW_DIRTY:-0}" != 1 ]; then
+  echo "run_suite.sh: the tree has uncommitted changes; commit first (or ALLOW_DIRTY=1 for a trial)" >&2
+  exit 2
+fi
 PY=${PY:-.venv/bin/python}
 device=$($PY -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 slug=$($PY -c "
@@ -24,4 +29,4 @@ for model in $half_models; do
       --output "$out/$model-half" "$@"
 done
 $PY -m diagonalwise report
-echo "suite results in $out; README tables regenerated"
+echo "suite results in $out; tables in benchmarks/results/README.md, summary in README.md"

@@ -16,7 +16,8 @@ _TORCH_API = {
     "Algorithm": "algorithms", "BlockDiagonal": "algorithms", "Native": "algorithms",
     "NativeChannelsLast": "algorithms", "available_algorithms": "algorithms",
     "block_diagonal_weight": "algorithms", "get_algorithm": "algorithms",
-    "register_algorithm": "algorithms",
+    "TritonDepthwise": "algorithms", "candidate_algorithms": "algorithms",
+    "register_algorithm": "algorithms", "unregister_algorithm": "algorithms",
     "default_block_size": "blocking", "valid_block_sizes": "blocking",
     "ConversionReport": "conversion", "convert": "conversion", "revert": "conversion",
     "conv1d": "functional", "conv2d": "functional", "conv3d": "functional",
@@ -24,9 +25,14 @@ _TORCH_API = {
     "DiagonalwiseConv3d": "modules",
     "reference_conv": "reference",
     "Plan": "tuning", "TuningCache": "tuning", "tune": "tuning",
+    "is_converted": "modules", "swap_modules": "modules",
 }
 
 __all__ = sorted(_TORCH_API)
+
+#: submodules reachable as attributes (``dw.functional.conv_nd``) without importing them first
+_SUBMODULES = ("algorithms", "bench", "blocking", "call", "cli", "conversion", "functional",
+               "kernels", "layout", "modules", "reference", "shapes", "timing", "tuning")
 
 
 def __getattr__(name: str):
@@ -34,6 +40,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(f".{_TORCH_API[name]}", __name__), name)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'diagonalwise' has no attribute {name!r}")
 
 

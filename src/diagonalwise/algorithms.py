@@ -6,8 +6,10 @@ algorithm yields the native input, weight and bias gradients. They differ only i
 choice is a per-call (per-layer) setting, which the autotuner makes by measurement.
 
 Algorithms are named by strings that survive a JSON round trip: ``"native"``,
-``"block_diagonal:8"`` (8 groups per dense block), ``"native_channels_last"``. New families register
-with :func:`register_algorithm`.
+``"block_diagonal:8"`` (8 groups per dense block; ``"block_diagonal:1"`` is ``"native"``),
+``"native_channels_last"``, ``"triton"``. New families register with :func:`register_algorithm`;
+the autotuner's candidates for a call are the registered families' candidates that state, through
+:meth:`Algorithm.is_applicable`, that they run it on the device.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .blocking import check_block_size
+from .blocking import candidate_block_sizes, check_block_size
+from .call import ConvCall
+from .kernels.triton_ops import triton_depthwise_conv, triton_usable
+from .layout import CHANNELS_LAST_FORMAT
 from .reference import NATIVE_CONV
 
 
@@ -29,9 +34,14 @@ class Algorithm:
     #: Groups packed into one dense block; 1 for algorithms that do not refactorize.
     block_size: int = 1
 
-    def is_applicable(self, groups: int) -> bool:
-        """Whether this algorithm can compute a convolution with ``groups`` groups."""
+    def accepts_groups(self, groups: int) -> bool:
+        """Whether a layer with ``groups`` groups may be set to this algorithm (checked once, when
+        a module or call is configured)."""
         return True
+
+    def is_applicable(self, call: ConvCall, device: torch.device) -> bool:
+        """Whether this algorithm computes ``call`` on ``device`` (the tuner's filter)."""
+        return self.accepts_groups(call.groups)
 
     def __call__(
         self,
@@ -59,16 +69,15 @@ class Native(Algorithm):
         return NATIVE_CONV[weight.dim() - 2](input, weight, bias, stride, padding, dilation, groups)
 
 
-#: The channels-last memory format of a batched tensor, by its number of dimensions.
-CHANNELS_LAST_FORMAT = {4: torch.channels_last, 5: torch.channels_last_3d}
-
-
 @dataclass(frozen=True, repr=False)
 class NativeChannelsLast(Algorithm):
     """The native convolution computed in channels_last memory layout, the output given back in
     the input's layout. On CPUs oneDNN's depthwise kernels are much faster in channels_last."""
 
     name = "native_channels_last"
+
+    def is_applicable(self, call: ConvCall, device: torch.device) -> bool:
+        return call.spatial_dims in (2, 3) and call.layout != "channels_last"
 
     def __call__(self, input, weight, bias, stride, padding, dilation, groups):
         spatial_dims = weight.dim() - 2
@@ -112,35 +121,90 @@ class BlockDiagonal(Algorithm):
     """The diagonalwise refactorization (Qin et al., 2018): ``block_size`` groups per dense block.
 
     Runs one grouped convolution with ``groups // block_size`` groups on the block-diagonal weight
-    of :func:`block_diagonal_weight`. ``block_size == groups`` is one dense convolution.
+    of :func:`block_diagonal_weight`. ``block_size == groups`` is one dense convolution; a block
+    size of 1 is the native convolution, which :func:`block_diagonal` returns for it.
     """
 
-    block_size: int = 1
+    block_size: int = 2
+
+    def __post_init__(self) -> None:
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) \
+                or self.block_size < 2:
+            raise ValueError(f"BlockDiagonal packs at least 2 groups per block, got "
+                             f"{self.block_size!r}; a block size of 1 is Native()")
 
     @property
     def name(self) -> str:
         return f"block_diagonal:{self.block_size}"
 
-    def is_applicable(self, groups: int) -> bool:
+    def accepts_groups(self, groups: int) -> bool:
         return groups % self.block_size == 0
 
     def __call__(self, input, weight, bias, stride, padding, dilation, groups):
-        if self.block_size == 1:
-            return Native()(input, weight, bias, stride, padding, dilation, groups)
         dense = block_diagonal_weight(weight, groups, self.block_size)
         return NATIVE_CONV[weight.dim() - 2](
             input, dense, bias, stride, padding, dilation, groups // self.block_size
         )
 
 
-_FAMILIES: dict[str, Callable[[str | None], Algorithm]] = {}
+def block_diagonal(block_size: int) -> Algorithm:
+    """The refactorization with ``block_size`` groups per block; :class:`Native` for 1."""
+    return Native() if block_size == 1 else BlockDiagonal(block_size)
 
 
-def register_algorithm(family: str, factory: Callable[[str | None], Algorithm]) -> None:
-    """Make ``get_algorithm("family")`` / ``get_algorithm("family:arg")`` return ``factory(arg)``."""
+@dataclass(frozen=True, repr=False)
+class TritonDepthwise(Algorithm):
+    """Our Triton kernels for depthwise 1D/2D/3D convolutions (see
+    :mod:`diagonalwise.kernels.triton_ops`): an NVIDIA GPU with Triton, or Triton's interpreter
+    on CPU tensors with ``TRITON_INTERPRET=1``."""
+
+    name = "triton"
+
+    def is_applicable(self, call: ConvCall, device: torch.device) -> bool:
+        return call.is_depthwise and triton_usable(device)
+
+    def __call__(self, input, weight, bias, stride, padding, dilation, groups):
+        channels = input.shape[1 if input.dim() == weight.dim() else 0]
+        if weight.shape[1] != 1 or groups != channels:
+            raise ValueError("the 'triton' algorithm computes depthwise convolutions "
+                             "(groups == in_channels, weight (C * M, 1, *kernel)); use 'native' "
+                             "or a block size for this one")
+        if not triton_usable(input.device):
+            raise RuntimeError(
+                "the 'triton' algorithm needs an NVIDIA GPU with Triton (pip install triton), or "
+                "TRITON_INTERPRET=1 for Triton's CPU interpreter; use 'native' or a block size")
+        return triton_depthwise_conv(input, weight, bias, stride, padding, dilation)
+
+
+Factory = Callable[[str | None], Algorithm]
+#: ``candidates(call, options) -> [Algorithm]``: a family's instances worth measuring on a call.
+Candidates = Callable[[ConvCall, dict], list[Algorithm]]
+
+
+@dataclass(frozen=True)
+class _Family:
+    factory: Factory
+    candidates: Candidates | None
+
+
+_FAMILIES: dict[str, _Family] = {}
+
+
+def register_algorithm(family: str, factory: Factory, candidates: Candidates | None = None) -> None:
+    """Make ``get_algorithm("family")`` / ``get_algorithm("family:arg")`` return ``factory(arg)``.
+
+    ``candidates(call, options)`` lists the family's instances the autotuner should measure on a
+    call; without it, ``factory(None)`` (if the family's name alone is an algorithm). Either way
+    only those whose :meth:`Algorithm.is_applicable` holds are measured.
+    """
     if not family or ":" in family:
         raise ValueError(f"an algorithm family name must be non-empty without ':', got {family!r}")
-    _FAMILIES[family] = factory
+    _FAMILIES[family] = _Family(factory, candidates)
+def unregister_algorithm(family: str) -> None:
+    """Remove a family registered with :func:`register_algorithm`."""
+    if family not in _FAMILIES:
+        raise ValueError(f"no algorithm family {family!r} is registered")
+    del _FAMILIES[family]
 
 
 def _no_argument(cls: type[Algorithm]) -> Callable[[str | None], Algorithm]:
@@ -157,12 +221,18 @@ def _block_diagonal(argument: str | None) -> Algorithm:
         raise ValueError(
             f"block_diagonal needs a positive block size, as in 'block_diagonal:8'; got {argument!r}"
         )
-    return BlockDiagonal(int(argument))
+    return block_diagonal(int(argument))
+
+
+def _block_diagonal_candidates(call: ConvCall, options: dict) -> list[Algorithm]:
+    sizes = candidate_block_sizes(call.groups, call.weight_shape[1], **options)
+    return [BlockDiagonal(size) for size in sizes]
 
 
 register_algorithm("native", _no_argument(Native))
 register_algorithm("native_channels_last", _no_argument(NativeChannelsLast))
-register_algorithm("block_diagonal", _block_diagonal)
+register_algorithm("block_diagonal", _block_diagonal, _block_diagonal_candidates)
+register_algorithm("triton", _no_argument(TritonDepthwise))
 
 
 def get_algorithm(name: str | Algorithm) -> Algorithm:
@@ -175,7 +245,7 @@ def get_algorithm(name: str | Algorithm) -> Algorithm:
             f"unknown algorithm {name!r}; known families: {sorted(_FAMILIES)} "
             "(block_diagonal takes a block size, as in 'block_diagonal:8')"
         )
-    return _FAMILIES[family](argument if argument else None)
+    return _FAMILIES[family].factory(argument if argument else None)
 
 
 def available_algorithms() -> list[str]:
@@ -183,5 +253,21 @@ def available_algorithms() -> list[str]:
     return sorted(_FAMILIES)
 
 
-# Our own kernels register themselves as algorithm families (they import Triton only when run).
-from . import kernels  # noqa: E402, F401
+def candidate_algorithms(call: ConvCall, device: torch.device | str = "cpu",
+                         **options) -> list[Algorithm]:
+    """Every registered family's candidates for ``call`` that run it on ``device``, in
+    registration order (native first). ``options`` go to the families' candidate lists: for
+    ``block_diagonal``, ``every_divisor`` and ``max_block_channels`` (see
+    :func:`diagonalwise.blocking.candidate_block_sizes`)."""
+    device = torch.device(device)
+    found: list[Algorithm] = []
+    for family in _FAMILIES.values():
+        if family.candidates is not None:
+            instances = family.candidates(call, options)
+        else:
+            try:
+                instances = [family.factory(None)]
+            except ValueError:  # the family needs an argument and did not say which to try
+                instances = []
+        found += [a for a in instances if a.is_applicable(call, device)]
+    return found

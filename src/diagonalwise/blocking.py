@@ -20,6 +20,11 @@ def divisors(n: int) -> list[int]:
     return sorted(set(small + [n // d for d in small]))
 
 
+def largest_divisor_up_to(n: int, limit: int) -> int:
+    """The largest divisor of ``n`` that is at most ``limit`` (1 if ``limit`` < 1)."""
+    return max(d for d in divisors(n) if d <= max(1, limit))
+
+
 def valid_block_sizes(groups: int) -> list[int]:
     """The block sizes a convolution with ``groups`` groups accepts: the divisors of ``groups``."""
     return divisors(groups)
@@ -32,8 +37,22 @@ def default_block_size(groups: int, in_channels_per_group: int = 1) -> int:
     ``b * in_channels_per_group`` input channels. The result is the largest divisor ``b`` of ``groups``
     with ``b * in_channels_per_group <= 32`` (at least 1, which is the native grouped convolution).
     """
-    target = max(1, PAPER_CHANNELS_PER_BLOCK // max(1, in_channels_per_group))
-    return max(d for d in divisors(groups) if d <= target)
+    return largest_divisor_up_to(groups, PAPER_CHANNELS_PER_BLOCK // max(1, in_channels_per_group))
+
+
+def candidate_block_sizes(groups: int, in_channels_per_group: int = 1, *,
+                          max_block_channels: int = 256, every_divisor: bool = False) -> list[int]:
+    """Block sizes worth measuring: divisors of ``groups`` above 1 with at most
+    ``max_block_channels`` input channels per block, spaced at least 2x apart (all of them with
+    ``every_divisor``), plus the paper's default."""
+    sizes: list[int] = []
+    for size in divisors(groups)[1:]:
+        if size * in_channels_per_group > max_block_channels:
+            break
+        if every_divisor or not sizes or size >= 2 * sizes[-1]:
+            sizes.append(size)
+    default = default_block_size(groups, in_channels_per_group)
+    return sorted(set(sizes) | ({default} if default > 1 else set()))
 
 
 def check_block_size(block_size: int, groups: int) -> int:

@@ -1,4 +1,5 @@
-"""The ``diagonalwise`` command: bench, tune, env, train."""
+"""The ``diagonalwise`` command: bench, tune, env, report, train. Argument parsing and dispatch
+only; the work is in :mod:`diagonalwise.bench` and :mod:`diagonalwise.tuning`."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .layers import DTYPES
-
-LAYOUTS = ("contiguous", "channels_last")
+from .call import DTYPES
+from .layout import LAYOUTS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--level", choices=("layers", "models", "both"), default="both")
     bench.add_argument("--warmup", type=positive_int, default=2)
     bench.add_argument("--repeats", type=positive_int, default=5)
-    bench.add_argument("--all-block-sizes", action="store_true",
+    bench.add_argument("--all-block-sizes", dest="every_divisor", action="store_true",
                        help="every divisor of groups, not only 2x-spaced ones")
     bench.add_argument("--max-block-channels", type=positive_int, default=256,
                        help="largest dense block, in input channels (default 256)")
@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     env = commands.add_parser("env", help="versions, device, cuDNN, measured copy bandwidth")
     env.add_argument("--device", default="auto")
 
-    report = commands.add_parser("report", help="regenerate the README's result tables from "
-                                 "committed results")
+    report = commands.add_parser("report", help="write the tables of committed results to "
+                                 "RESULTS/README.md and their summary into the README")
     report.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     report.add_argument("--readme", type=Path, default=Path("README.md"))
 
@@ -135,81 +135,38 @@ def _default_output(kind: str) -> Path:
     return Path("out") / f"{kind}-{stamp}"
 
 
-def _cache(args, env, default_path: Path | None = None):
-    """--no-cache: none; --cache PATH: that file; else ``default_path`` or the per-device cache."""
+def _cache(args, env):
+    """--no-cache: none; --cache PATH: that file; else the per-device cache."""
     from .tuning import TuningCache
 
     if args.no_cache:
         return False
-    if args.cache or default_path:
-        return TuningCache(args.cache or default_path, env)
-    return True
+    return TuningCache(args.cache, env) if args.cache else True
 
 
-def run_bench(args) -> int:
-    from tqdm.auto import tqdm
-
-    from .bench.layers import bench_layer_calls
+def run_bench(args, command: list[str]) -> int:
     from .bench.registry import MODELS
-    from .bench.results import BenchResult, provenance
-    from .bench.training import autocast_context, bench_training, to_layout
-    from .layers import collect_conv_calls
-    from .timing import copy_bandwidth, environment
+    from .bench.suite import BenchConfig, run_bench
 
     device = resolve_device(args.device)
     dtypes = args.dtype or ["float32"]
     for dtype in dtypes:
         check_dtype(dtype, device)
-    layouts = args.layout or ["contiguous"]
     names = list(MODELS) if args.model and "all" in args.model else (args.model or ["mobilenet_v1"])
-    output = args.output or _default_output("bench")
-    env = environment(device)
-    env["copy_bandwidth_gbs"] = copy_bandwidth(device)
-    result = BenchResult(provenance(env, {k: str(v) for k, v in vars(args).items()}))
-    print(result.machine(), flush=True)
-    # a fresh cache beside the results unless one is named: the tuned variant is measured now
-    cache = _cache(args, env, output / "tuning-cache.json")
-    for name in names:
-        spec = MODELS[name]
-        default_batch, default_size = spec.defaults(device)
-        batch, size = args.batch_size or default_batch, args.size or default_size
-        for dtype in dtypes:
-            for layout in layouts:
-                print(f"{name}: batch {batch}, size {size}, {dtype}, {layout}", flush=True)
-                if args.level in ("layers", "both"):
-                    torch.manual_seed(0)
-                    model = to_layout(spec.build().to(device), layout)
-                    x = to_layout(spec.make_batch(batch, size, device)[0], layout)
-                    try:
-                        with autocast_context(device, dtype):
-                            calls = collect_conv_calls(model, (x,))
-                    except RuntimeError as error:
-                        raise ValueError(f"{name} does not run at batch {batch}, size {size}: "
-                                         f"{str(error).splitlines()[0]}") from None
-                    distinct = len({call.key() for call in calls.values()})
-                    with tqdm(total=distinct, desc=f"{name} layers", unit="config") as bar:
-                        result.layers += bench_layer_calls(
-                            name, calls, device, copy_gbs=env["copy_bandwidth_gbs"],
-                            warmup=args.warmup, repeats=args.repeats,
-                            all_block_sizes=args.all_block_sizes,
-                            max_block_channels=args.max_block_channels, progress=bar)
-                    del model, x
-                    result.save(output)
-                if args.level in ("models", "both"):
-                    result.models += bench_training(
-                        spec, device, dtype=dtype, layout=layout, batch=batch, size=size,
-                        warmup=args.warmup, repeats=args.repeats, cache=cache)
-                    result.save(output)
-    print("\n" + result.text_tables())
-    paths = result.save(output) + result.plot(output)
-    print("\nresults written to:\n" + "\n".join(f"  {p}" for p in paths))
+    config = BenchConfig(
+        models=tuple(names), dtypes=tuple(dtypes), layouts=tuple(args.layout or ["contiguous"]),
+        level=args.level, batch_size=args.batch_size, size=args.size, warmup=args.warmup,
+        repeats=args.repeats, every_divisor=args.every_divisor,
+        max_block_channels=args.max_block_channels, cache=args.cache, use_cache=not args.no_cache)
+    run_bench(config, device, args.output or _default_output("bench"), command)
     return 0
 
 
-def run_tune(args) -> int:
+def run_tune(args, command: list[str]) -> int:
     from .bench.registry import MODELS
-    from .bench.training import autocast_context, to_layout
+    from .bench.training_step import autocast_context
     from .conversion import convert
+    from .layout import to_layout
     from .timing import environment
     from .tuning import tune
 
@@ -233,7 +190,7 @@ def run_tune(args) -> int:
     return 0
 
 
-def run_env(args) -> int:
+def run_env(args, command: list[str]) -> int:
     from .timing import copy_bandwidth, environment, machine_line
 
     device = resolve_device(args.device)
@@ -245,18 +202,16 @@ def run_env(args) -> int:
     return 0
 
 
-def run_report(args) -> int:
-    from .bench.results import update_readme
+def run_report(args, command: list[str]) -> int:
+    from .bench.report import write_report
 
-    if not args.results.is_dir():
-        raise FileNotFoundError(f"no results directory {args.results}")
-    update_readme(args.readme, args.results)
-    print(f"{args.readme} updated from {args.results}")
+    for path in write_report(args.results, args.readme):
+        print(f"{path} written from {args.results}")
     return 0
 
 
-def run_train(args) -> int:
-    from .bench.train_digits import train_both
+def run_train(args, command: list[str]) -> int:
+    from .bench.train_compare import TrainConfig, train_both
 
     device = resolve_device(args.device)
     block_size = args.block_size
@@ -265,18 +220,22 @@ def run_train(args) -> int:
             block_size = positive_int(block_size)
         except argparse.ArgumentTypeError as error:
             raise ValueError(f"--block-size: {error} (or 'auto')") from None
-    return train_both(args, device, block_size, args.output or _default_output("train"))
+    config = TrainConfig(model=args.model, data=args.data, epochs=args.epochs,
+                         batch_size=args.batch_size, size=args.size, width=args.width, lr=args.lr,
+                         dtype=args.dtype, block_size=block_size, limit=args.limit)
+    return train_both(config, device, args.output or _default_output("train"), command)
 
 
 def main(argv: list[str] | None = None) -> int:
     from .timing import keep_freed_memory_in_process
 
-    args = build_parser().parse_args(argv)
+    command = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(command)
     keep_freed_memory_in_process()  # steady CPU timings; recorded in each result's provenance
     runners = {"bench": run_bench, "tune": run_tune, "env": run_env, "report": run_report,
                "train": run_train}
     try:
-        return runners[args.command](args)
+        return runners[args.command](args, command)
     except (ValueError, FileNotFoundError) as error:
         print(f"diagonalwise {args.command}: error: {error}", file=sys.stderr)
         return 2

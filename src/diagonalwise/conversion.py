@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .algorithms import Algorithm
-from .blocking import divisors
-from .modules import DIAGONALWISE_TYPE, _DiagonalwiseConvNd
+from .blocking import largest_divisor_up_to
+from .modules import DIAGONALWISE_TYPE, is_converted, swap_modules
 
 logger = logging.getLogger("diagonalwise")
 
@@ -42,13 +42,9 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def _largest_block_size_up_to(limit: int, groups: int) -> int:
-    return max(d for d in divisors(groups) if d <= limit)
-
-
 def _skip_reason(module: nn.Module) -> str | None:
     """Why a convolution cannot be converted, or None if it can."""
-    if isinstance(module, _DiagonalwiseConvNd):
+    if is_converted(module):
         return f"already converted ({module.algorithm.name})"
     if type(module) not in DIAGONALWISE_TYPE:
         base = next(b for b in type(module).__mro__ if b in DIAGONALWISE_TYPE or
@@ -60,34 +56,13 @@ def _skip_reason(module: nn.Module) -> str | None:
     return None
 
 
-def _walk_and_replace(
-    root: nn.Module, replace: Callable[[nn.Module, str], nn.Module]
-) -> nn.Module:
-    """Apply ``replace(module, qualified_name)`` to every module once (shared modules are replaced
-    in every parent by the same new module) and return the new root."""
-    replaced: dict[int, nn.Module] = {}
-
-    def visit(module: nn.Module, name: str) -> nn.Module:
-        if id(module) in replaced:
-            return replaced[id(module)]
-        new = replace(module, name)
-        replaced[id(module)] = new
-        for child_name, child in list(new._modules.items()):
-            if child is not None:
-                new._modules[child_name] = visit(child, f"{name}.{child_name}" if name else child_name)
-        return new
-
-    return visit(root, "")
-
-
 def convert(
     model: nn.Module,
     *,
-    block_size: int | str | None = None,
+    block_size: int | None = None,
     algorithm: str | Algorithm | None = None,
     filter_fn: FilterFn | None = None,
     report: ConversionReport | None = None,
-    example_inputs: tuple | None = None,
 ) -> nn.Module:
     """Replace every exact ``nn.Conv1d/2d/3d`` with ``groups > 1`` by its diagonalwise module.
 
@@ -99,30 +74,22 @@ def convert(
         model: the root module; a bare convolution works too (the new module is returned).
         block_size: per layer, groups per dense block. ``None``: the paper's 32 channels per block
             (:func:`diagonalwise.blocking.default_block_size`). An int is an upper bound: each
-            layer takes the largest divisor of its ``groups`` not above it. ``"auto"``: after
-            converting, :func:`diagonalwise.tune` measures each layer on ``example_inputs`` and
-            sets the fastest algorithm (native included), using the per-device cache.
+            layer takes the largest divisor of its ``groups`` not above it. To measure each layer
+            and pick the fastest algorithm instead, use :func:`diagonalwise.tune`.
         algorithm: a named algorithm for every converted layer instead (``"native"``, ...).
         filter_fn: ``filter_fn(module, qualified_name) -> bool``; only modules it accepts change.
         report: a :class:`ConversionReport` to fill with what changed and what was skipped, why.
-        example_inputs: a representative batch, e.g. ``(images,)``; needed by ``"auto"`` only.
 
     Returns the root. Idempotent: already converted layers are left as they are.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert takes an nn.Module, got {type(model).__name__}")
     if block_size == "auto":
-        if example_inputs is None:
-            raise ValueError("block_size='auto' measures every layer on a real batch: pass "
-                             "example_inputs=(x,), or call diagonalwise.tune(model, (x,))")
-        from .tuning import tune
-
-        root = convert(model, algorithm="native", filter_fn=filter_fn, report=report)
-        tune(root, example_inputs, filter_fn=lambda module, name: isinstance(module, _DiagonalwiseConvNd))
-        return root
+        raise ValueError("convert does not measure: to pick each layer's fastest algorithm on a "
+                         "real batch, call diagonalwise.tune(model, (x,)) (it converts too)")
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int)
                                    or block_size < 1):
-        raise ValueError(f"block_size must be a positive int, None or 'auto', got {block_size!r}")
+        raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
     report = report if report is not None else ConversionReport()
 
     def replace(module: nn.Module, name: str) -> nn.Module:
@@ -135,14 +102,14 @@ def convert(
             report.skipped.append((name, reason))
             return module
         layer_block_size = (None if block_size is None or algorithm is not None
-                            else _largest_block_size_up_to(block_size, module.groups))
+                            else largest_divisor_up_to(module.groups, block_size))
         new = DIAGONALWISE_TYPE[type(module)].from_conv(
             module, block_size=layer_block_size, algorithm=algorithm
         )
         report.changed.append((name, f"groups={module.groups} {new.algorithm.name}"))
         return new
 
-    root = _walk_and_replace(model, replace)
+    root = swap_modules(model, replace)
     logger.info("diagonalwise.convert: %s", report)
     return root
 
@@ -153,11 +120,11 @@ def revert(model: nn.Module, *, report: ConversionReport | None = None) -> nn.Mo
     report = report if report is not None else ConversionReport(verb="reverted")
 
     def replace(module: nn.Module, name: str) -> nn.Module:
-        if not isinstance(module, _DiagonalwiseConvNd):
+        if not is_converted(module):
             return module
         report.changed.append((name, f"from {module.algorithm.name}"))
         return module.to_native()
 
-    root = _walk_and_replace(model, replace)
+    root = swap_modules(model, replace)
     logger.info("diagonalwise.revert: %s", report)
     return root

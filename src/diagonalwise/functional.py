@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .algorithms import Algorithm, BlockDiagonal, get_algorithm
+from .algorithms import Algorithm, block_diagonal, get_algorithm
 from .blocking import resolve_block_size
 
 _Size = int | tuple[int, ...]
@@ -84,15 +84,15 @@ def resolve_algorithm(
 ) -> Algorithm:
     """The algorithm a call with these settings runs: ``algorithm`` if given, else the
     block-diagonal refactorization with ``block_size`` (``None``: the paper's default, see
-    :func:`diagonalwise.blocking.default_block_size`)."""
+    :func:`diagonalwise.blocking.default_block_size`; 1: native)."""
     if algorithm is not None:
         if block_size is not None:
             raise ValueError("give block_size or algorithm, not both")
         chosen = get_algorithm(algorithm)
-        if not chosen.is_applicable(groups):
+        if not chosen.accepts_groups(groups):
             raise ValueError(f"algorithm {chosen.name!r} cannot run a convolution with groups={groups}")
         return chosen
-    return BlockDiagonal(resolve_block_size(block_size, groups, in_channels_per_group))
+    return block_diagonal(resolve_block_size(block_size, groups, in_channels_per_group))
 
 
 def conv_nd(

@@ -8,6 +8,8 @@ It has the same parameters (``weight`` of shape ``(out_channels, in_channels // 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -150,3 +152,29 @@ class DiagonalwiseConv3d(_DiagonalwiseConvNd, nn.Conv3d):
 #: The exact torch type each module replaces, and back.
 DIAGONALWISE_TYPE = {cls.native_type: cls for cls in
                      (DiagonalwiseConv1d, DiagonalwiseConv2d, DiagonalwiseConv3d)}
+
+
+def is_converted(module: nn.Module) -> bool:
+    """Whether ``module`` is one of the diagonalwise convolutions (:func:`diagonalwise.convert`
+    made it, or it was built as one)."""
+    return isinstance(module, _DiagonalwiseConvNd)
+
+
+def swap_modules(root: nn.Module, fn: Callable[[nn.Module, str], nn.Module]) -> nn.Module:
+    """Replace every module of the tree by ``fn(module, qualified_name)`` (``""`` for the root)
+    and return the new root. ``fn`` returns the module itself to keep it. A module shared by
+    several parents is passed to ``fn`` once and replaced in every parent by the same result;
+    the children of what ``fn`` returns are visited after it."""
+    replaced: dict[int, nn.Module] = {}
+
+    def visit(module: nn.Module, name: str) -> nn.Module:
+        if id(module) in replaced:
+            return replaced[id(module)]
+        new = fn(module, name)
+        replaced[id(module)] = new
+        for child_name, child in list(new._modules.items()):
+            if child is not None:
+                new._modules[child_name] = visit(child, f"{name}.{child_name}" if name else child_name)
+        return new
+
+    return visit(root, "")

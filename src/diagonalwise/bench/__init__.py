@@ -1,12 +1,14 @@
 """Benchmarks: per-layer algorithm timings and full training steps, with provenance.
 
-Run them with ``diagonalwise bench`` (see ``diagonalwise bench --help``).
+Run them with ``diagonalwise bench`` (see ``diagonalwise bench --help``); ``diagonalwise report``
+turns committed results into tables.
 """
 
-from .layers import LayerRow, bench_layer_calls
+from .per_layer import LayerRow, bench_layer_calls
 from .registry import MODELS, ModelSpec, get_model_spec
 from .results import BenchResult
-from .training import ModelRow, bench_training
+from .suite import BenchConfig, run_bench
+from .training_step import ModelRow, bench_training
 
-__all__ = ["MODELS", "BenchResult", "LayerRow", "ModelRow", "ModelSpec", "bench_layer_calls",
-           "bench_training", "get_model_spec"]
+__all__ = ["MODELS", "BenchConfig", "BenchResult", "LayerRow", "ModelRow", "ModelSpec",
+           "bench_layer_calls", "bench_training", "get_model_spec", "run_bench"]

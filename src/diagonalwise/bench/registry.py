@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..models import CausalConvMixer, LargeKernelNet, MobileNetV1, X3DStyleNet
+from .models import CausalConvMixer, LargeKernelNet, MobileNetV1, X3DStyleNet
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import channels_innermost, memory_format_like
+from ..layout import channels_innermost, memory_format_like
 
 
 @triton.jit

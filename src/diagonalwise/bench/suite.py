@@ -1,0 +1,86 @@
+"""``diagonalwise bench``: for each model, dtype and layout, every algorithm per layer and the
+training step of each variant, saved after every finished piece so a crash loses nothing."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..layout import to_layout
+from ..timing import copy_bandwidth, environment
+from ..tuning import TuningCache, collect_conv_calls
+from .per_layer import bench_layer_calls
+from .registry import get_model_spec
+from .results import BenchResult, provenance
+from .training_step import autocast_context, bench_training
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What one ``diagonalwise bench`` run measures. ``cache``: a tuning cache file, or None for
+    a fresh one in ``output``; ``use_cache=False`` tunes without one."""
+
+    models: tuple[str, ...] = ("mobilenet_v1",)
+    dtypes: tuple[str, ...] = ("float32",)
+    layouts: tuple[str, ...] = ("contiguous",)
+    level: str = "both"
+    batch_size: int | None = None
+    size: int | None = None
+    warmup: int = 2
+    repeats: int = 5
+    every_divisor: bool = False
+    max_block_channels: int = 256
+    cache: Path | None = None
+    use_cache: bool = True
+
+
+def run_bench(config: BenchConfig, device: torch.device, output: Path,
+              command: list[str]) -> BenchResult:
+    """Measure, print the tables, write results.json, the CSVs and the plots into ``output``."""
+    from tqdm.auto import tqdm
+
+    env = environment(device)
+    env["copy_bandwidth_gbs"] = copy_bandwidth(device)
+    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
+    result = BenchResult(provenance(env, command, arguments))
+    print(result.machine(), flush=True)
+    # a fresh cache beside the results unless one is named: the tuned variant is measured now
+    cache = TuningCache(config.cache or output / "tuning-cache.json", env) \
+        if config.use_cache else False
+    for name in config.models:
+        spec = get_model_spec(name)
+        default_batch, default_size = spec.defaults(device)
+        batch, size = config.batch_size or default_batch, config.size or default_size
+        for dtype in config.dtypes:
+            for layout in config.layouts:
+                print(f"{name}: batch {batch}, size {size}, {dtype}, {layout}", flush=True)
+                if config.level in ("layers", "both"):
+                    torch.manual_seed(0)
+                    model = to_layout(spec.build().to(device), layout)
+                    x = to_layout(spec.make_batch(batch, size, device)[0], layout)
+                    try:
+                        with autocast_context(device, dtype):
+                            calls = collect_conv_calls(model, (x,))
+                    except RuntimeError as error:
+                        raise ValueError(f"{name} does not run at batch {batch}, size {size}: "
+                                         f"{str(error).splitlines()[0]}") from None
+                    distinct = len({call.key() for call in calls.values()})
+                    with tqdm(total=distinct, desc=f"{name} layers", unit="config") as bar:
+                        result.layers += bench_layer_calls(
+                            name, calls, device, copy_gbs=env["copy_bandwidth_gbs"],
+                            warmup=config.warmup, repeats=config.repeats,
+                            every_divisor=config.every_divisor,
+                            max_block_channels=config.max_block_channels, progress=bar)
+                    del model, x
+                    result.save(output)
+                if config.level in ("models", "both"):
+                    result.models += bench_training(
+                        spec, device, dtype=dtype, layout=layout, batch=batch, size=size,
+                        warmup=config.warmup, repeats=config.repeats, cache=cache)
+                    result.save(output)
+    print("\n" + result.text_tables())
+    paths = result.save(output) + result.plot(output)
+    print("\nresults written to:\n" + "\n".join(f"  {p}" for p in paths))
+    return result

@@ -1,0 +1,92 @@
+"""The diagonalwise refactorization for Keras 3 (TensorFlow, JAX and PyTorch backends).
+
+Equivalence contract: ``DiagonalwiseDepthwiseConv2D(..., block_size=b)`` equals
+``keras.layers.DepthwiseConv2D(...)`` with the same arguments in value and in every gradient, to
+rounding. It has the same weights, with the same names, shapes and order (``kernel`` of shape
+(kh, kw, channels, depth_multiplier), then ``bias``), so saved weights load either way. The same
+holds for the 1D layer.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from ..blocking import resolve_block_size
+
+_EINSUM = {1: "lgjm,ij->ligjm", 2: "hwgjm,ij->hwigjm"}
+
+
+def block_diagonal_depthwise_kernel(kernel, block_size: int):
+    """(*window, C, M) depthwise kernel -> (*window, block_size, C * M) kernel of a grouped conv
+    with C // block_size groups. Output channel c * M + m keeps its Keras order; within its block
+    it reads input slot c % block_size only."""
+    *window, channels, multiplier = kernel.shape
+    compact = ops.reshape(kernel, (*window, channels // block_size, block_size, multiplier))
+    eye = ops.eye(block_size, dtype=kernel.dtype)
+    dense = ops.einsum(_EINSUM[len(window)], compact, eye)
+    return ops.reshape(dense, (*window, block_size, channels * multiplier))
+
+
+class _DiagonalwiseDepthwise:
+    """Shared by the 1D and 2D layers; combined with the Keras layer it replaces."""
+
+    def __init__(self, *args, block_size: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.requested_block_size = block_size
+        self.block_size: int | None = None
+
+    def build(self, input_shape) -> None:
+        super().build(input_shape)
+        axis = -1 if self.data_format == "channels_last" else 1
+        self.block_size = resolve_block_size(self.requested_block_size, input_shape[axis])
+
+    def call(self, inputs):
+        kernel = block_diagonal_depthwise_kernel(self.kernel, self.block_size)
+        outputs = ops.conv(inputs, kernel, strides=self.strides, padding=self.padding,
+                           data_format=self.data_format, dilation_rate=self.dilation_rate)
+        if self.use_bias:
+            rank = len(self.kernel.shape) - 2
+            shape = ((1,) * (rank + 1) + (-1,) if self.data_format == "channels_last"
+                     else (1, -1) + (1,) * rank)
+            outputs = ops.add(outputs, ops.reshape(self.bias, shape))
+        return self.activation(outputs) if self.activation is not None else outputs
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "block_size": self.requested_block_size}
+
+
+class DiagonalwiseDepthwiseConv2D(_DiagonalwiseDepthwise, keras.layers.DepthwiseConv2D):
+    """``keras.layers.DepthwiseConv2D`` plus ``block_size`` (channels per dense block; None: the
+    paper's 32 rounded down to a divisor of the channel count; 1: the depthwise conv itself)."""
+
+
+class DiagonalwiseDepthwiseConv1D(_DiagonalwiseDepthwise, keras.layers.DepthwiseConv1D):
+    """``keras.layers.DepthwiseConv1D`` plus ``block_size``, as the 2D layer."""
+
+
+_REPLACEMENTS = {keras.layers.DepthwiseConv2D: DiagonalwiseDepthwiseConv2D,
+                 keras.layers.DepthwiseConv1D: DiagonalwiseDepthwiseConv1D}
+
+for _native, _layer in _REPLACEMENTS.items():
+    # Keras keys weight files by the snake-cased class name of each layer (not by its Python
+    # path), so the layers carry the native class name: a .weights.h5 written with either loads
+    # into the other. They serialize as "diagonalwise>DepthwiseConv2D".
+    _layer.__name__ = _native.__name__
+    keras.saving.register_keras_serializable(package="diagonalwise")(_layer)
+
+
+def convert_model(model: keras.Model, block_size: int | None = None) -> keras.Model:
+    """A copy of a Sequential or functional ``model`` in which every layer whose type is exactly
+    ``DepthwiseConv1D/2D`` is its diagonalwise layer, with the same weights (a new model: Keras
+    graphs are not edited in place). ``block_size`` as in the layers, for every converted layer."""
+
+    def clone(layer):
+        replacement = _REPLACEMENTS.get(type(layer))
+        if replacement is None:
+            return layer.__class__.from_config(layer.get_config())
+        return replacement.from_config({**layer.get_config(), "block_size": block_size})
+
+    converted = keras.models.clone_model(model, clone_function=clone)
+    converted.set_weights(model.get_weights())
+    return converted

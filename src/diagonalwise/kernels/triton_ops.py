@@ -1,0 +1,114 @@
+"""The Triton depthwise kernels as ``torch.library`` custom ops with autograd.
+
+Equivalence contract: ``triton_depthwise_conv(x, w, b, stride, padding, dilation)`` equals
+``F.conv1d/2d/3d`` for depthwise convolutions (``groups == in_channels``, weight
+``(C * M, 1, *kernel)``), in value and in the input, weight and bias gradients, with float32
+accumulation. The custom ops keep ``torch.compile`` free of graph breaks, and the weight gradient
+reduces without atomics, so it is deterministic. They need an NVIDIA GPU with Triton, or
+``TRITON_INTERPRET=1`` (set before Triton is imported) to run on CPU tensors through Triton's
+interpreter, which the tests use. Importing this module does not import Triton.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+from ..layout import memory_format_like
+from ..shapes import conv_output_size, leading_padding
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def triton_usable(device: torch.device | str) -> bool:
+    """Whether the Triton kernels can run on tensors of ``device`` here."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    device = torch.device(device)
+    return device.type == "cuda" or (device.type == "cpu" and interpreter_enabled())
+
+
+@torch.library.custom_op("diagonalwise::triton_depthwise3d", mutates_args=())
+def _depthwise3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 stride: list[int], padding: list[int], dilation: list[int],
+                 output_size: list[int]) -> torch.Tensor:
+    from . import triton_depthwise
+
+    return triton_depthwise.forward(x, weight, bias, stride, padding, dilation, output_size)
+
+
+@_depthwise3d.register_fake
+def _(x, weight, bias, stride, padding, dilation, output_size):
+    return torch.empty((x.shape[0], weight.shape[0], *output_size), dtype=x.dtype,
+                       device=x.device, memory_format=memory_format_like(x))
+
+
+@torch.library.custom_op("diagonalwise::triton_depthwise3d_backward", mutates_args=())
+def _depthwise3d_backward(grad_output: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                          stride: list[int], padding: list[int], dilation: list[int],
+                          input_grad: bool, weight_grad: bool
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    from . import triton_depthwise
+
+    grad_output = grad_output.contiguous(memory_format=memory_format_like(x))
+    dx = (triton_depthwise.input_grad(grad_output, x, weight, stride, padding, dilation)
+          if input_grad else torch.zeros_like(x))
+    dw = (triton_depthwise.weight_grad(grad_output, x, weight, stride, padding, dilation)
+          if weight_grad else torch.zeros_like(weight))
+    return dx, dw
+
+
+@_depthwise3d_backward.register_fake
+def _(grad_output, x, weight, stride, padding, dilation, input_grad, weight_grad):
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, stride, padding, dilation, _ = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.geometry = (stride, padding, dilation)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_output):
+    x, weight = ctx.saved_tensors
+    dx, dw = _depthwise3d_backward(grad_output, x, weight, *ctx.geometry,
+                                   ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+    db = grad_output.sum((0, 2, 3, 4)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return dx, dw, db, None, None, None, None
+
+
+_depthwise3d.register_autograd(_backward, setup_context=_setup_context)
+
+
+def triton_depthwise_conv(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          stride: tuple[int, ...], padding: tuple[int, ...] | str,
+                          dilation: tuple[int, ...]) -> torch.Tensor:
+    """A depthwise 1D/2D/3D convolution (batched or not) through the custom ops; follows autocast.
+    The caller checks that the convolution is depthwise and that :func:`triton_usable` holds."""
+    spatial_dims = weight.dim() - 2
+    batched = input.dim() == spatial_dims + 2
+    if torch.is_autocast_enabled(input.device.type):
+        dtype = torch.get_autocast_dtype(input.device.type)
+        input, weight = input.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    if not batched:
+        input = input.unsqueeze(0)
+    # 1D and 2D run as 3D with leading spatial dimensions of size 1
+    missing = 3 - spatial_dims
+    for _ in range(missing):
+        input, weight = input.unsqueeze(2), weight.unsqueeze(2)
+    stride, dilation = (1,) * missing + tuple(stride), (1,) * missing + tuple(dilation)
+    if not isinstance(padding, str):
+        padding = (0,) * missing + tuple(padding)
+    kernel = weight.shape[2:]
+    size = conv_output_size(input.shape[2:], kernel, stride, padding, dilation)
+    output = _depthwise3d(input, weight, bias, list(stride),
+                          leading_padding(padding, kernel, dilation), list(dilation), size)
+    for _ in range(missing):
+        output = output.squeeze(2)
+    return output if batched else output.squeeze(0)

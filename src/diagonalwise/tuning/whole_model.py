@@ -1,0 +1,63 @@
+"""The whole-model check: the tuned model against native, forward+backward, in turns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from ..algorithms import Native
+from ..timing import measure_interleaved
+from .capture import restored_state
+from .plan import Plan
+
+ModelMeasure = Callable[[dict[str, Callable[[], object]]], dict[str, float]]
+
+
+def model_step(model: nn.Module, example_inputs: tuple) -> Callable[[], None]:
+    """A forward and a backward of the sum of the model's floating-point outputs."""
+
+    def step() -> None:
+        output = model(*example_inputs)
+        outputs = output if isinstance(output, (tuple, list)) else [output]
+        tensors = [t for t in outputs if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        sum(t.float().sum() for t in tensors).backward()
+
+    return step
+
+
+def check_whole_model(model: nn.Module, example_inputs: tuple, plan: Plan, *,
+                      measure: ModelMeasure | None = None, repeats: int = 5) -> bool:
+    """Time forward+backward of the whole model with the plan's algorithms and with native ones,
+    taking turns; if the plan is slower, set every planned layer to native (in the model and the
+    plan). The tuner times each layer alone, which misses costs that appear only between layers
+    (a layout change meeting its neighbours); this keeps a tuned model from being slower than
+    native. Gradients and batch-norm statistics are put back afterwards. Returns whether the
+    plan was kept; ``plan.whole_model`` records the times."""
+    modules = dict(model.named_modules())
+    tuned = {name: modules[name].algorithm for name in plan.layers}
+
+    def configure(variant: str) -> None:
+        for name, algorithm in tuned.items():
+            modules[name].algorithm = algorithm if variant == "tuned" else Native()
+
+    step = model_step(model, example_inputs)
+    functions = {variant: (lambda variant=variant: (configure(variant), step()))
+                 for variant in ("native", "tuned")}
+    with restored_state(model, grads=True):
+        if measure is None:
+            device = next(t.device for t in example_inputs if isinstance(t, torch.Tensor))
+            timings = measure_interleaved(functions, device, warmup=1, repeats=repeats)
+            seconds = {variant: timing.median for variant, timing in timings.items()}
+        else:
+            seconds = measure(functions)
+    kept = seconds["tuned"] <= seconds["native"]
+    configure("tuned" if kept else "native")
+    if not kept:
+        plan.layers = {name: replace(choice, algorithm="native")
+                       for name, choice in plan.layers.items()}
+    plan.whole_model = {"tuned_seconds": seconds["tuned"], "native_seconds": seconds["native"],
+                        "kept": kept}
+    return kept

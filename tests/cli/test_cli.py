@@ -1,0 +1,184 @@
+"""The diagonalwise command at tiny sizes: the files it writes and its one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+import diagonalwise as dw
+from diagonalwise.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def read_csv(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("model, size", [("mobilenet_v1", 32), ("causal_conv1d", 16),
+                                         ("x3d_style", 32)])
+def test_bench_writes_results_with_provenance(tmp_path, model, size, capsys):
+    out = tmp_path / "out"
+    code = main(["bench", "--model", model, "--batch-size", "2", "--size", str(size),
+                 "--repeats", "1", "--warmup", "1", "--device", "cpu", "--output", str(out),
+                 "--no-cache"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("machine: ")
+    assert "per layer" in printed and "training step" in printed and str(out) in printed
+
+    data = json.loads((out / "results.json").read_text())
+    provenance = data["provenance"]
+    assert provenance["environment"]["device_type"] == "cpu"
+    assert provenance["environment"]["copy_bandwidth_gbs"] > 0
+    assert provenance["environment"]["torch"] == torch.__version__
+    assert provenance["git_commit"] and provenance["date"].startswith("20")
+    assert provenance["command"].startswith(f"diagonalwise bench --model {model} --batch-size 2")
+    assert provenance["arguments"]["models"] == [model]
+
+    layers = data["layers"]
+    keys = {row["key"] for row in layers}
+    assert keys
+    for key in keys:
+        rows = {(r["algorithm"], r["mode"]): r for r in layers if r["key"] == key}
+        for mode in ("forward", "backward", "step"):
+            native = rows[("native", mode)]
+            assert native["status"] == "ok" and native["speedup"] == pytest.approx(1.0)
+            assert native["median_ms"] > 0 and native["gbs"] > 0 and 0 < native["copy_fraction"]
+        assert any(a.startswith("block_diagonal:") for a, _ in rows)
+    assert len(read_csv(out / "layers.csv")) == len(layers)
+
+    models = data["models"]
+    assert [m["variant"] for m in models] == ["native", "paper", "tuned"]
+    assert all(m["status"] == "ok" and m["items_per_s"] > 0 for m in models)
+    assert models[0]["speedup"] == pytest.approx(1.0)
+    assert "block_diagonal" in models[1]["algorithms"]
+    assert read_csv(out / "models.csv")[2]["variant"] == "tuned"
+    assert (out / f"speedup-{model}.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_bench_layers_only_in_channels_last_bf16(tmp_path):
+    out = tmp_path / "out"
+    # at 64x64 no layer's input is 1x1, where channels_last and contiguous coincide
+    assert main(["bench", "--level", "layers", "--batch-size", "2", "--size", "64",
+                 "--repeats", "1", "--warmup", "1", "--device", "cpu", "--dtype", "bfloat16",
+                 "--layout", "channels_last", "--output", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["models"] == []
+    assert {r["dtype"] for r in data["layers"]} == {"bfloat16"}
+    assert {r["layout"] for r in data["layers"]} == {"channels_last"}
+    assert "native_channels_last" not in {r["algorithm"] for r in data["layers"]}
+
+
+def test_tune_writes_a_plan(tmp_path, capsys):
+    plan_path = tmp_path / "plan.json"
+    assert main(["tune", "--batch-size", "2", "--size", "32", "--device", "cpu",
+                 "--cache", str(tmp_path / "cache.json"), "--output", str(plan_path)]) == 0
+    plan = dw.Plan.load(plan_path)
+    assert len(plan.layers) == 13
+    assert "13 layers" in capsys.readouterr().out
+    from diagonalwise.bench.models import MobileNetV1
+
+    model = plan.apply(MobileNetV1())
+    assert sum(isinstance(m, dw.DiagonalwiseConv2d) for m in model.modules()) == 13
+
+
+def test_env_prints_the_machine_line(capsys):
+    assert main(["env", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "copy_bandwidth_gbs" in printed and printed.strip().splitlines()[-1].startswith(
+        "machine: ")
+
+
+def test_train_on_digits_curves_match(tmp_path, capsys):
+    out = tmp_path / "train"
+    assert main(["train", "--epochs", "1", "--limit", "96", "--batch-size", "32", "--size", "16",
+                 "--width", "0.25", "--dtype", "float64", "--device", "cpu",
+                 "--output", str(out)]) == 0
+    data = json.loads((out / "train.json").read_text())
+    assert data["match"] is True
+    native, ours = data["runs"]["native"]["losses"], data["runs"]["diagonalwise"]["losses"]
+    assert len(native) == len(ours) == 3
+    assert max(abs(a - b) for a, b in zip(native, ours)) < 1e-8
+    assert (out / "losses.png").read_bytes().startswith(PNG_MAGIC)
+    assert "curves match" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--model", "lenet"], "argument --model: invalid choice: 'lenet'"),
+    (["bench", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["bench", "--repeats", "many"], "expected a positive integer, got 'many'"),
+    (["bench", "--device", "cuda:3"], "device 'cuda:3' is not available"),
+    (["bench", "--device", "tpu"], "unknown device 'tpu'"),
+    (["bench", "--device", "cpu", "--dtype", "float16"], "float16 autocast is not a CPU"),
+    (["bench", "--model", "x3d_style", "--size", "8", "--device", "cpu"],
+     "x3d_style does not run at batch 4, size 8: input image"),
+    (["train", "--data", "/no/such/dir", "--device", "cpu"], "neither 'digits' nor a directory"),
+    (["train", "--block-size", "zero", "--device", "cpu"], "--block-size: expected a positive"),
+])
+def test_bad_arguments_get_one_clear_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        code = main(argv)
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1, error
+    assert message in error
+
+
+def test_report_writes_the_tables_beside_the_results_and_a_summary_into_the_readme(tmp_path):
+    root = tmp_path / "benchmarks" / "results"
+    assert main(["bench", "--batch-size", "2", "--size", "32", "--repeats", "1", "--warmup", "1",
+                 "--device", "cpu", "--output", str(root / "cpu-run"), "--no-cache"]) == 0
+    readme = tmp_path / "README.md"
+    from diagonalwise.bench.report import README_BEGIN, README_END
+
+    readme.write_text(f"# title\n{README_BEGIN}\nstale table\n{README_END}\ntail\n")
+    assert main(["report", "--results", str(root), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "stale table" not in text and text.startswith("# title\n") and text.endswith("tail\n")
+    assert "(benchmarks/results/README.md)" in text
+    assert "| mobilenet_v1 | float32 | contiguous | 2 x 32 |" in text
+    assert "Per layer" not in text  # the long tables stay out of the README
+    tables = (root / "README.md").read_text()
+    assert "## `cpu-run`" in tables and "machine: " in tables
+    assert "`diagonalwise bench --batch-size 2" in tables
+    assert "| mobilenet_v1 | tuned | float32 |" in tables and "Per layer" in tables
+    assert "![speedup-mobilenet_v1](cpu-run/speedup-mobilenet_v1.png)" in tables
+
+
+@pytest.mark.parametrize("results", ["missing", "empty"])
+def test_report_refuses_without_results_and_changes_nothing(tmp_path, results, capsys):
+    readme = tmp_path / "README.md"
+    from diagonalwise.bench.report import README_BEGIN, README_END
+
+    original = f"# title\n{README_BEGIN}\nkept table\n{README_END}\n"
+    readme.write_text(original)
+    if results == "empty":
+        (tmp_path / results).mkdir()
+    assert main(["report", "--results", str(tmp_path / results), "--readme", str(readme)]) == 2
+    assert readme.read_text() == original
+    assert "nothing to report" in capsys.readouterr().err or results == "missing"
+
+
+def test_report_refuses_a_readme_without_markers(tmp_path):
+    root = tmp_path / "results"
+    assert main(["bench", "--level", "models", "--batch-size", "2", "--size", "32", "--repeats",
+                 "1", "--warmup", "1", "--device", "cpu", "--output", str(root / "run"),
+                 "--no-cache"]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers")
+    assert main(["report", "--results", str(root), "--readme", str(readme)]) == 2
+    assert readme.read_text() == "no markers"
+
+
+def test_provenance_records_the_cpu_allocator_setup(tmp_path):
+    out = tmp_path / "out"
+    assert main(["bench", "--level", "layers", "--batch-size", "2", "--size", "32", "--repeats",
+                 "1", "--warmup", "1", "--device", "cpu", "--output", str(out)]) == 0
+    environment = json.loads((out / "results.json").read_text())["provenance"]["environment"]
+    assert environment["cpu_allocator"] == "glibc mallopt: mmap and trim thresholds 1 GiB"

@@ -1,0 +1,131 @@
+"""JAX and Flax NNX: equal to lax.conv_general_dilated / nnx.Conv in float64, under jit, grad, vmap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax", reason="JAX has its own environment: make test-jax")
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+from jax import lax  # noqa: E402
+
+from diagonalwise.blocking import valid_block_sizes  # noqa: E402
+from diagonalwise.jax import (  # noqa: E402
+    block_diagonal_kernel,
+    depthwise_conv,
+    grouped_conv_general_dilated,
+)
+
+TOL = dict(rtol=1e-10, atol=1e-10)
+
+# (layout, groups, in/group, out/group, window, strides, padding, lhs dilation, rhs dilation)
+CASES = [
+    ("NCHW", 8, 1, 1, (3, 3), (1, 1), "SAME", None, None),
+    ("NCHW", 8, 1, 2, (3, 3), (2, 2), ((1, 1), (1, 1)), None, None),
+    ("NHWC", 6, 1, 3, (5, 3), (1, 2), "VALID", None, (2, 1)),
+    ("NHWC", 4, 2, 2, (3, 3), (1, 1), ((2, 0), (1, 1)), None, (1, 3)),
+    ("NCHW", 4, 3, 1, (2, 4), (3, 1), ((1, 1), (2, 1)), (2, 1), None),
+    ("NWC", 6, 1, 1, (4,), (1,), ((3, 0),), None, None),
+    ("NCDHW", 4, 1, 2, (3, 3, 3), (1, 2, 2), "SAME", None, None),
+]
+
+SPECS = {"NCHW": ("NCHW", "OIHW", "NCHW"), "NHWC": ("NHWC", "HWIO", "NHWC"),
+         "NWC": ("NWC", "WIO", "NWC"), "NCDHW": ("NCDHW", "OIDHW", "NCDHW")}
+
+
+def operands(layout, groups, in_pg, out_pg, window, seed=0):
+    rng = np.random.default_rng(seed)
+    lhs_spec, rhs_spec, _ = SPECS[layout]
+    sizes = dict(N=2, C=groups * in_pg, H=9, W=7, D=5)
+    lhs = rng.standard_normal([sizes[d] for d in lhs_spec])
+    kernel_sizes = dict(O=groups * out_pg, I=in_pg, **dict(zip("DHW"[-len(window):], window)))
+    rhs = rng.standard_normal([kernel_sizes[d] for d in rhs_spec])
+    return jnp.asarray(lhs), jnp.asarray(rhs)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-g{c[1]}-i{c[2]}-o{c[3]}")
+def test_value_and_gradients_equal_lax_for_every_block_size(case):
+    layout, groups, in_pg, out_pg, window, strides, padding, lhs_dil, rhs_dil = case
+    lhs, rhs = operands(layout, groups, in_pg, out_pg, window)
+
+    def loss(conv, lhs, rhs, **kw):
+        out = conv(lhs, rhs, strides, padding, lhs_dil, rhs_dil, SPECS[layout],
+                   feature_group_count=groups, **kw)
+        return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape))), out
+
+    (want_loss, want), want_grads = jax.value_and_grad(
+        lambda l, r: loss(lax.conv_general_dilated, l, r), (0, 1), has_aux=True)(lhs, rhs)
+    for block_size in valid_block_sizes(groups) + [None]:
+        fn = jax.jit(jax.value_and_grad(
+            lambda l, r, b=block_size: loss(grouped_conv_general_dilated, l, r, block_size=b),
+            (0, 1), has_aux=True))
+        (got_loss, got), got_grads = fn(lhs, rhs)
+        np.testing.assert_allclose(got, want, **TOL)
+        for g, w in zip(got_grads, want_grads):
+            np.testing.assert_allclose(g, w, **TOL)
+
+
+def test_depthwise_conv_and_vmap():
+    lhs, rhs = operands("NHWC", 8, 1, 2, (3, 3))
+    spec = SPECS["NHWC"]
+    want = lax.conv_general_dilated(lhs, rhs, (1, 1), "SAME", dimension_numbers=spec,
+                                    feature_group_count=8)
+    got = depthwise_conv(lhs, rhs, (1, 1), "SAME", dimension_numbers=spec, block_size=4)
+    np.testing.assert_allclose(got, want, **TOL)
+    # vmap over a batch of kernels
+    kernels = jnp.stack([rhs, 2 * rhs, -rhs])
+    mapped = jax.vmap(lambda k: depthwise_conv(lhs, k, (1, 1), "SAME", dimension_numbers=spec,
+                                               block_size=8))(kernels)
+    for index, scale in enumerate((1, 2, -1)):
+        np.testing.assert_allclose(mapped[index], scale * want, **TOL)
+
+
+def test_block_diagonal_kernel_matches_the_torch_layout():
+    kernel = jnp.arange(2 * 6 * 1 * 3 * 3, dtype=jnp.float64).reshape(12, 1, 3, 3)
+    dense = np.asarray(block_diagonal_kernel(kernel, 6, 3))
+    assert dense.shape == (12, 3, 3, 3)
+    for o in range(12):
+        slot = (o // 2) % 3
+        assert np.array_equal(dense[o, slot], np.asarray(kernel[o, 0]))
+        assert not np.any(np.delete(dense[o], slot, axis=0))
+
+
+def test_bad_block_size_names_the_valid_values():
+    lhs, rhs = operands("NCHW", 8, 1, 1, (3, 3))
+    with pytest.raises(ValueError, match=r"valid block sizes are \[1, 2, 4, 8\]"):
+        grouped_conv_general_dilated(lhs, rhs, (1, 1), "SAME", feature_group_count=8,
+                                     block_size=3)
+
+
+def test_flax_nnx_module_equals_nnx_conv_and_trains_alike():
+    from flax import nnx
+
+    from diagonalwise.flax import DiagonalwiseConv
+
+    kwargs = dict(kernel_size=(3, 3), strides=(2, 2), padding="SAME", feature_group_count=8,
+                  param_dtype=jnp.float64, dtype=jnp.float64)
+    native = nnx.Conv(8, 16, rngs=nnx.Rngs(0), **kwargs)
+    ours = DiagonalwiseConv(8, 16, rngs=nnx.Rngs(0), block_size=4, **kwargs)
+    assert ours.block_size == 4
+    assert ours.kernel[...].shape == native.kernel[...].shape == (3, 3, 1, 16)
+    np.testing.assert_array_equal(ours.kernel[...], native.kernel[...])
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 9, 9, 8)))
+    target = jnp.asarray(np.random.default_rng(2).standard_normal((2, 5, 5, 16)))
+
+    def train(model):
+        optimizer = nnx.Optimizer(model, __import__("optax").sgd(0.05, momentum=0.9),
+                                  wrt=nnx.Param)
+        losses = []
+        for _ in range(4):
+            def loss_fn(m):
+                return jnp.mean((m(x) - target) ** 2)
+            loss, grads = nnx.value_and_grad(loss_fn)(model)
+            optimizer.update(model, grads)
+            losses.append(float(loss))
+        return losses
+
+    np.testing.assert_allclose(ours(x), native(x), **TOL)
+    np.testing.assert_allclose(train(ours), train(native), **TOL)
+    np.testing.assert_allclose(ours.kernel[...], native.kernel[...], **TOL)

@@ -1,0 +1,191 @@
+"""Keras 3 on the backend in KERAS_BACKEND: DiagonalwiseDepthwiseConv1D/2D equal DepthwiseConv1D/2D.
+
+Gradients are compared through training, which every backend runs the same way: one SGD step with
+learning rate 1 moves each weight by minus its gradient, and a trainable 1x1 convolution placed
+before the depthwise layer receives a gradient that depends on the depthwise layer's input
+gradient. So equal weights after the step mean equal kernel, bias and input gradients.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras", reason="Keras 3 is installed by make test-torch/-jax/-tf")
+
+from diagonalwise.keras import (  # noqa: E402
+    DiagonalwiseDepthwiseConv1D,
+    DiagonalwiseDepthwiseConv2D,
+    block_diagonal_depthwise_kernel,
+    convert_model,
+)
+
+BACKEND = keras.backend.backend()
+if BACKEND == "jax":
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # float64 arrays stay float64
+# TensorFlow's float64 CPU depthwise kernel rejects unequal strides, and inside a compiled train
+# step with dilation 2 it returned different losses from run to run (TensorFlow 2.21, seen here),
+# so on TensorFlow the reference is float32, which runs oneDNN's kernels; elsewhere float64.
+DTYPE = "float32" if BACKEND == "tensorflow" else "float64"
+to_numpy = keras.ops.convert_to_numpy
+TOL = dict(rtol=1e-4, atol=1e-5) if DTYPE == "float32" else dict(rtol=1e-10, atol=1e-10)
+
+# (dims, channels, multiplier, kernel, strides, padding, dilation, block sizes)
+CASES = [
+    (2, 8, 1, 3, 1, "same", 1, [2, 8, None]),
+    (2, 8, 2, 3, 2, "valid", 1, [4, 8]),
+    (2, 6, 3, (5, 3), (1, 2), "same", 1, [3, 6]),
+    (2, 4, 1, 3, 1, "valid", 2, [2, 4]),
+    (1, 8, 1, 4, 1, "same", 1, [4, 8]),
+    (1, 6, 2, 3, 2, "valid", 1, [2, 6]),
+]
+
+
+def layer_pair(dims, channels, multiplier, kernel, strides, padding, dilation, block_size,
+               data_format="channels_last"):
+    native_cls = keras.layers.DepthwiseConv2D if dims == 2 else keras.layers.DepthwiseConv1D
+    ours_cls = DiagonalwiseDepthwiseConv2D if dims == 2 else DiagonalwiseDepthwiseConv1D
+    kwargs = dict(kernel_size=kernel, strides=strides, padding=padding, depth_multiplier=multiplier,
+                  dilation_rate=dilation, data_format=data_format, dtype=DTYPE,
+                  bias_initializer="random_normal")
+    return native_cls(**kwargs), ours_cls(**kwargs, block_size=block_size)
+
+
+def train_one_step(depthwise, x, target):
+    """Weights of a 1x1 conv followed by ``depthwise`` after one SGD step (lr 1), and the loss."""
+    dims = x.ndim - 2
+    pointwise = (keras.layers.Conv2D if dims == 2 else keras.layers.Conv1D)(
+        x.shape[-1], 1, kernel_initializer=keras.initializers.RandomNormal(seed=3), dtype=DTYPE)
+    model = keras.Sequential([keras.Input(x.shape[1:], dtype=DTYPE), pointwise, depthwise])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0),
+                  loss=lambda y, p: keras.ops.sum(y * p))
+    loss = model.train_on_batch(x, target)
+    return [to_numpy(w) for w in model.get_weights()], float(to_numpy(loss).reshape(-1)[0])
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}d-c{c[1]}-m{c[2]}-k{c[3]}")
+def test_equal_output_and_gradients(case):
+    dims, channels, multiplier, kernel, strides, padding, dilation, block_sizes = case
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, *(11,) * dims, channels)).astype(DTYPE)
+    for block_size in block_sizes:
+        keras.utils.set_random_seed(0)
+        native, ours = layer_pair(dims, channels, multiplier, kernel, strides, padding, dilation,
+                                  block_size)
+        want = to_numpy(native(x))
+        ours.build(x.shape)
+        ours.set_weights(native.get_weights())
+        np.testing.assert_allclose(to_numpy(ours(x)), want, **TOL)
+        target = rng.standard_normal(want.shape).astype(DTYPE)
+        keras.utils.set_random_seed(1)
+        weights_native, loss_native = train_one_step(native, x, target)
+        keras.utils.set_random_seed(1)
+        weights_ours, loss_ours = train_one_step(ours, x, target)
+        np.testing.assert_allclose(loss_ours, loss_native, **TOL)
+        for got, expected in zip(weights_ours, weights_native):
+            np.testing.assert_allclose(got, expected, **TOL)
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="TensorFlow's CPU kernels take NHWC only")
+def test_channels_first():
+    x = np.random.default_rng(0).standard_normal((2, 6, 9, 9)).astype(DTYPE)
+    native, ours = layer_pair(2, 6, 2, 3, 1, "same", 1, 3, data_format="channels_first")
+    want = to_numpy(native(x))
+    ours.build(x.shape)
+    ours.set_weights(native.get_weights())
+    np.testing.assert_allclose(to_numpy(ours(x)), want, **TOL)
+
+
+def test_same_weight_names_shapes_and_files(tmp_path):
+    native, ours = layer_pair(2, 8, 2, 3, 1, "same", 1, 4)
+    native.build((None, 9, 9, 8))
+    ours.build((None, 9, 9, 8))
+    assert [(w.name, tuple(w.shape)) for w in ours.weights] == \
+        [(w.name, tuple(w.shape)) for w in native.weights] == [("kernel", (3, 3, 8, 2)),
+                                                               ("bias", (16,))]
+    path = str(tmp_path / "layer.weights.h5")
+    model = keras.Sequential([keras.Input((9, 9, 8), dtype=DTYPE), native])
+    model.save_weights(path)
+    other = keras.Sequential([keras.Input((9, 9, 8), dtype=DTYPE), ours])
+    other.load_weights(path)
+    for got, want in zip(other.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_config_round_trip_keeps_the_block_size():
+    layer = DiagonalwiseDepthwiseConv2D(3, block_size=4)
+    clone = DiagonalwiseDepthwiseConv2D.from_config(layer.get_config())
+    assert clone.requested_block_size == 4
+    assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer)) \
+        .requested_block_size == 4
+
+
+def test_bad_block_size_names_the_valid_values():
+    layer = DiagonalwiseDepthwiseConv2D(3, block_size=3)
+    with pytest.raises(ValueError, match=r"valid block sizes are \[1, 2, 4, 8\]"):
+        layer.build((None, 9, 9, 8))
+
+
+def test_kernel_layout():
+    kernel = np.arange(3 * 3 * 4 * 2, dtype=DTYPE).reshape(3, 3, 4, 2)
+    dense = to_numpy(block_diagonal_depthwise_kernel(keras.ops.convert_to_tensor(kernel), 2))
+    assert dense.shape == (3, 3, 2, 8)
+    for c in range(4):
+        for m in range(2):
+            column = dense[:, :, :, c * 2 + m]
+            np.testing.assert_array_equal(column[:, :, c % 2], kernel[:, :, c, m])
+            assert not np.any(np.delete(column, c % 2, axis=2))
+
+
+def test_convert_a_mobilenet_with_random_weights():
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNet(input_shape=(64, 64, 3), alpha=0.25, weights=None,
+                                         classes=10)
+    converted = convert_model(model)
+    kinds = [type(layer) for layer in converted.layers]
+    assert kinds.count(DiagonalwiseDepthwiseConv2D) == 13
+    assert keras.layers.DepthwiseConv2D not in kinds
+    assert [w.name for w in converted.weights] == [w.name for w in model.weights]
+    x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(to_numpy(converted(x, training=False)),
+                               to_numpy(model(x, training=False)), rtol=1e-4, atol=1e-5)
+
+
+def test_a_few_training_steps_give_the_same_losses():
+    def build(depthwise_cls, **extra):
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([
+            keras.Input((12, 12, 3), dtype=DTYPE),
+            keras.layers.Conv2D(8, 3, padding="same", dtype=DTYPE),
+            depthwise_cls(3, padding="same", dtype=DTYPE, **extra),
+            keras.layers.ReLU(dtype=DTYPE),
+            keras.layers.GlobalAveragePooling2D(dtype=DTYPE),
+            keras.layers.Dense(4, dtype=DTYPE),
+        ])
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 12, 12, 3)).astype(DTYPE)
+    y = rng.integers(0, 4, 16)
+    histories = []
+    for model in (build(keras.layers.DepthwiseConv2D),
+                  build(DiagonalwiseDepthwiseConv2D, block_size=8)):
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        histories.append(model.fit(x, y, batch_size=8, epochs=3, shuffle=False,
+                                   verbose=0).history["loss"])
+    np.testing.assert_allclose(histories[1], histories[0], **TOL)
+    assert histories[0][-1] < histories[0][0]
+
+
+def test_convert_a_sequential_model_keeps_outputs_and_names():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16, 8), dtype=DTYPE),
+                              keras.layers.DepthwiseConv1D(3, padding="same", dtype=DTYPE),
+                              keras.layers.Conv1D(4, 1, dtype=DTYPE)])
+    converted = convert_model(model, block_size=4)
+    assert isinstance(converted.layers[0], DiagonalwiseDepthwiseConv1D)
+    assert converted.layers[0].block_size == 4
+    x = np.random.default_rng(0).standard_normal((2, 16, 8)).astype(DTYPE)
+    np.testing.assert_allclose(to_numpy(converted(x)), to_numpy(model(x)), **TOL)

@@ -1,0 +1,117 @@
+"""MXNet Gluon: DiagonalwiseConv2D equals nn.Conv2D(groups=...) in float64, hybridized or not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+mx = pytest.importorskip("mxnet", reason="MXNet has its own environment: make test-mxnet")
+
+from mxnet import autograd, gluon  # noqa: E402
+
+from diagonalwise.mxnet import DiagonalwiseConv2D  # noqa: E402
+
+TOL = dict(rtol=1e-10, atol=1e-10)
+
+# (channels in, channels out, groups, kernel, strides, padding, dilation, block sizes)
+CASES = [
+    (8, 8, 8, 3, 1, 1, 1, [2, 8, None]),
+    (8, 16, 8, 3, 2, 1, 1, [4, 8]),
+    (6, 18, 6, (5, 3), (1, 2), (2, 1), 1, [3, 6]),
+    (4, 4, 4, 3, 1, 2, 2, [2, 4]),
+    (8, 8, 4, 3, 1, 1, 1, [2, 4]),  # grouped: 2 channels per group
+]
+
+
+def make_pair(cin, cout, groups, kernel, strides, padding, dilation, block_size, hybridize):
+    kwargs = dict(channels=cout, kernel_size=kernel, strides=strides, padding=padding,
+                  dilation=dilation, groups=groups, in_channels=cin)
+    native = gluon.nn.Conv2D(**kwargs)
+    ours = DiagonalwiseConv2D(**kwargs, block_size=block_size)
+    for layer in (native, ours):
+        layer.initialize(mx.init.Normal(1.0))
+        layer.cast("float64")
+    ours.weight.set_data(native.weight.data())
+    ours.bias.set_data(mx.nd.random.normal(shape=(cout,), dtype="float64"))
+    native.bias.set_data(ours.bias.data())
+    if hybridize:
+        native.hybridize()
+        ours.hybridize()
+    return native, ours
+
+
+def forward_backward(layer, x, head):
+    x = x.copy()
+    x.attach_grad()
+    with autograd.record():
+        out = layer(x)
+    out.backward(head)
+    return [out.asnumpy(), x.grad.asnumpy(), layer.weight.grad().asnumpy(),
+            layer.bias.grad().asnumpy()]
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"c{c[0]}-o{c[1]}-g{c[2]}-k{c[3]}")
+def test_value_and_gradients_equal_conv2d(case, hybridize):
+    cin, cout, groups, kernel, strides, padding, dilation, block_sizes = case
+    x = mx.nd.random.normal(shape=(2, cin, 11, 9), dtype="float64")
+    for block_size in block_sizes:
+        native, ours = make_pair(cin, cout, groups, kernel, strides, padding, dilation,
+                                 block_size, hybridize)
+        head = mx.nd.random.normal(shape=native(x).shape, dtype="float64")
+        for got, want in zip(forward_backward(ours, x, head), forward_backward(native, x, head)):
+            np.testing.assert_allclose(got, want, **TOL)
+
+
+def test_parameters_interchange(tmp_path):
+    native, ours = make_pair(8, 16, 8, 3, 1, 1, 1, 4, False)
+    path = str(tmp_path / "conv.params")
+    native.save_parameters(path)
+    fresh = DiagonalwiseConv2D(16, 3, padding=1, groups=8, in_channels=8, block_size=4)
+    fresh.load_parameters(path, cast_dtype=True, dtype_source="saved")
+    np.testing.assert_array_equal(fresh.weight.data().asnumpy(), native.weight.data().asnumpy())
+    ours.save_parameters(path)
+    back = gluon.nn.Conv2D(16, 3, padding=1, groups=8, in_channels=8)
+    back.load_parameters(path, cast_dtype=True, dtype_source="saved")
+    np.testing.assert_array_equal(back.weight.data().asnumpy(), ours.weight.data().asnumpy())
+
+
+def test_a_few_training_steps_give_the_same_losses():
+    def net(conv_cls, **extra):
+        block = gluon.nn.HybridSequential()
+        block.add(gluon.nn.Conv2D(8, 3, padding=1, in_channels=3),
+                  conv_cls(8, 3, padding=1, groups=8, in_channels=8, **extra),
+                  gluon.nn.Activation("relu"), gluon.nn.GlobalAvgPool2D(),
+                  gluon.nn.Dense(4, in_units=8))
+        mx.random.seed(0)
+        block.initialize(mx.init.Xavier())
+        block.cast("float64")
+        block.hybridize()
+        return block
+
+    rng = np.random.default_rng(0)
+    x = mx.nd.array(rng.standard_normal((16, 3, 12, 12)), dtype="float64")
+    y = mx.nd.array(rng.integers(0, 4, 16), dtype="float64")
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    curves = []
+    for block in (net(gluon.nn.Conv2D), net(DiagonalwiseConv2D, block_size=8)):
+        trainer = gluon.Trainer(block.collect_params(), "sgd",
+                                {"learning_rate": 0.1, "momentum": 0.9})
+        losses = []
+        for step in range(5):
+            batch = slice(8 * (step % 2), 8 * (step % 2) + 8)
+            with autograd.record():
+                loss = loss_fn(block(x[batch]), y[batch]).mean()
+            loss.backward()
+            trainer.step(1)
+            losses.append(loss.asscalar())
+        curves.append(losses)
+    np.testing.assert_allclose(curves[1], curves[0], **TOL)
+    assert curves[0][-1] < curves[0][0]
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="needs in_channels"):
+        DiagonalwiseConv2D(8, 3, groups=8)
+    with pytest.raises(ValueError, match=r"valid block sizes are \[1, 2, 4, 8\]"):
+        DiagonalwiseConv2D(8, 3, groups=8, in_channels=8, block_size=3)

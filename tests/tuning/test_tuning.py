@@ -1,0 +1,295 @@
+"""The autotuner: decisions under an injected timer, the correctness gate, plans and the cache."""
+
+from __future__ import annotations
+
+import copy
+import json
+import multiprocessing
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import diagonalwise as dw
+from diagonalwise import tuning
+from diagonalwise.algorithms import Algorithm, Native
+from diagonalwise.blocking import candidate_block_sizes
+from diagonalwise.call import ConvCall, bucket
+from diagonalwise.timing import environment
+from diagonalwise.tuning import collect_conv_calls
+from tests.builders import tiny_mobilenet
+from tests.equivalence import TOLERANCES
+
+ENV = environment("cpu")
+
+
+def depthwise_call(channels=64, batch=4, size=8, dtype="float64", layout="contiguous", groups=None):
+    return ConvCall(input_shape=(batch, channels, size, size), weight_shape=(channels, 1, 3, 3),
+                    bias=False, stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+                    groups=groups or channels, dtype=dtype, layout=layout)
+
+
+class FakeTimer:
+    """Seconds per algorithm name from a table (others: 1.0); records what it was asked."""
+
+    def __init__(self, seconds: dict[str, float]):
+        self.seconds = seconds
+        self.asked: list[str] = []
+
+    def __call__(self, call, algorithm, device):
+        self.asked.append(algorithm.name)
+        return self.seconds.get(algorithm.name, 1.0)
+
+
+@pytest.fixture
+def bad_candidate():
+    """A registered candidate that is fast and wrong: its output is off by 1%."""
+
+    class OffByOnePercent(Algorithm):
+        name = "off_by_one_percent"
+
+        def __call__(self, input, weight, bias, stride, padding, dilation, groups):
+            return Native()(input, weight, bias, stride, padding, dilation, groups) * 1.01
+
+    dw.register_algorithm("off_by_one_percent", lambda argument: OffByOnePercent())
+    yield OffByOnePercent
+    dw.unregister_algorithm("off_by_one_percent")
+
+
+def test_candidate_block_sizes():
+    assert candidate_block_sizes(64) == [2, 4, 8, 16, 32, 64]
+    assert candidate_block_sizes(144) == [2, 4, 8, 16, 24, 36, 72, 144]
+    assert candidate_block_sizes(144, every_divisor=True) == [2, 3, 4, 6, 8, 9, 12, 16, 18, 24, 36,
+                                                              48, 72, 144]
+    assert candidate_block_sizes(32, in_channels_per_group=4, max_block_channels=64) == \
+        [2, 4, 8, 16]
+    assert candidate_block_sizes(7) == [7]
+    names = [a.name for a in dw.candidate_algorithms(depthwise_call(8))]
+    assert names == ["native", "native_channels_last", "block_diagonal:2", "block_diagonal:4",
+                     "block_diagonal:8"]
+    assert "native_channels_last" not in [
+        a.name for a in dw.candidate_algorithms(depthwise_call(8, layout="channels_last"))]
+
+
+def test_the_fastest_candidate_is_chosen():
+    timer = FakeTimer({"native": 1.0, "native_channels_last": 0.9, "block_diagonal:8": 0.5})
+    choice = tuning.choose(depthwise_call(), "cpu", timer=timer)
+    assert choice.algorithm == "block_diagonal:8"
+    assert choice.times["block_diagonal:8"] == 0.5 and choice.rejected == {}
+
+
+def test_native_is_kept_unless_another_is_faster_by_the_margin():
+    timer = FakeTimer({"native": 1.0, "block_diagonal:8": 0.97})
+    assert tuning.choose(depthwise_call(), "cpu", timer=timer).algorithm == "native"
+    assert tuning.choose(depthwise_call(), "cpu", timer=timer, min_gain=0.0).algorithm == \
+        "block_diagonal:8"
+
+
+def test_larger_block_sizes_are_pruned_once_times_rise_past_twice_the_best():
+    timer = FakeTimer({"native": 1.0, "native_channels_last": 1.0, "block_diagonal:2": 3.0,
+                       "block_diagonal:4": 0.8, "block_diagonal:8": 1.2,
+                       "block_diagonal:16": 2.5})
+    tuning.choose(depthwise_call(), "cpu", timer=timer)
+    # 2 is slow but the first block size; 8 rises but under 2x; 16 rises past 2x: stop there
+    assert timer.asked[:6] == ["native", "native_channels_last", "block_diagonal:2",
+                               "block_diagonal:4", "block_diagonal:8", "block_diagonal:16"]
+    # then the confirmation rounds: the winner and native, taking turns
+    assert sorted(timer.asked[6:]) == ["block_diagonal:4"] * 2 + ["native"] * 2
+
+
+def test_a_lucky_first_measurement_does_not_leave_native():
+    class LuckyOnce(FakeTimer):
+        def __call__(self, call, algorithm, device):
+            seconds = super().__call__(call, algorithm, device)
+            if algorithm.name == "block_diagonal:8" and self.asked.count(algorithm.name) > 1:
+                return 1.5  # the 0.5 was a fluke: every later look says 1.5
+            return seconds
+
+    timer = LuckyOnce({"native": 1.0, "block_diagonal:8": 0.5})
+    choice = tuning.choose(depthwise_call(), "cpu", timer=timer)
+    assert choice.algorithm == "native"
+    assert choice.times["block_diagonal:8"] == 1.5  # the median of 0.5, 1.5, 1.5
+
+
+def test_correctness_gate(bad_candidate):
+    call = depthwise_call(16)
+    assert tuning.check_correctness(call, dw.BlockDiagonal(4), "cpu") is None
+    assert "output relative error" in tuning.check_correctness(call, bad_candidate(), "cpu")
+    timer = FakeTimer({"native": 1.0, "off_by_one_percent": 0.01})
+    choice = tuning.choose(call, "cpu", timer=timer)
+    assert choice.algorithm != "off_by_one_percent"
+    assert "off_by_one_percent" not in timer.asked and "off_by_one_percent" not in choice.times
+    assert "exceeds" in choice.rejected["off_by_one_percent"]
+
+
+def test_a_failing_candidate_is_never_reported_with_a_time(bad_candidate):
+    from diagonalwise.bench.per_layer import bench_layer_calls
+
+    rows = bench_layer_calls("toy", {"conv": depthwise_call(8, dtype="float32")}, torch.device("cpu"),
+                             copy_gbs=10.0, warmup=1, repeats=1)
+    bad = [r for r in rows if r.algorithm == "off_by_one_percent"]
+    assert len(bad) == 3 and all(r.status.startswith("failed correctness") for r in bad)
+    assert all(r.median_ms is None and r.speedup is None for r in bad)
+    good = [r for r in rows if r.algorithm == "block_diagonal:8"]
+    assert {r.mode for r in good} == {"forward", "backward", "step"}
+    assert all(r.status == "ok" and r.median_ms > 0 for r in good)
+
+
+def test_keys_bucket_batch_and_spatial_sizes():
+    assert [bucket(n) for n in (1, 2, 3, 16, 17)] == [1, 2, 4, 16, 32]
+    assert depthwise_call(batch=12).key() == depthwise_call(batch=16).key()
+    assert depthwise_call(batch=16).key() != depthwise_call(batch=17).key()
+    assert depthwise_call(size=30).key() == depthwise_call(size=32).key()
+    assert depthwise_call(dtype="float32").key() != depthwise_call(dtype="bfloat16").key()
+    assert depthwise_call(layout="channels_last").key() != depthwise_call().key()
+
+
+def test_collect_conv_calls_sees_what_the_algorithm_sees():
+    model = nn.Sequential(
+        nn.Conv2d(4, 4, 3, padding=2, groups=4, padding_mode="reflect"),
+        nn.BatchNorm2d(4), nn.Conv2d(4, 8, 1), nn.Conv2d(8, 8, 3, stride=2, groups=4))
+    stats = model[1].running_mean.clone()
+    x = torch.randn(2, 4, 9, 9).contiguous(memory_format=torch.channels_last)
+    calls = collect_conv_calls(model, (x,))
+    assert list(calls) == ["0", "3"]  # the dense 1x1 conv is not tunable
+    assert calls["0"].input_shape == (2, 4, 13, 13) and calls["0"].padding == (0, 0)
+    assert calls["0"].layout == "channels_last"
+    assert torch.equal(model[1].running_mean, stats)  # batch-norm statistics put back
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert collect_conv_calls(model, (x,))["0"].dtype == "bfloat16"
+
+
+def test_tune_applies_the_plan_and_keeps_the_numbers(tmp_path):
+    torch.manual_seed(0)
+    native = tiny_mobilenet().double()
+    model = copy.deepcopy(native)
+    timer = FakeTimer({"native": 1.0, "block_diagonal:8": 0.5, "block_diagonal:16": 0.4})
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    plan = dw.tune(model, x, cache=tmp_path / "cache.json", timer=timer)
+    assert {name: c.algorithm for name, c in plan.layers.items()} == {
+        "3": "block_diagonal:8", "9": "block_diagonal:16"}
+    assert type(model[3]) is dw.DiagonalwiseConv2d and model[3].block_size == 8
+    assert model[9].block_size == 16
+    torch.testing.assert_close(model(x), native(x), **TOLERANCES[torch.float64])
+
+    # the plan round-trips through JSON and applies to another instance of the model
+    plan.save(tmp_path / "plan.json")
+    loaded = dw.Plan.load(tmp_path / "plan.json")
+    assert loaded.layers == plan.layers
+    other = loaded.apply(tiny_mobilenet())
+    assert other[3].algorithm == dw.BlockDiagonal(8)
+    with pytest.raises(ValueError, match="names layers this model does not have"):
+        loaded.apply(nn.Sequential(nn.Conv2d(8, 8, 3, groups=8)))
+
+    # a second tune of the same configurations is served by the cache: nothing is measured
+    again = FakeTimer({})
+    dw.tune(copy.deepcopy(native), x, cache=tmp_path / "cache.json", timer=again)
+    assert again.asked == []
+
+
+def test_plan_rejects_files_that_are_not_plans(tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"format": 99, "layers": {}}))
+    with pytest.raises(ValueError, match="not a diagonalwise plan"):
+        dw.Plan.load(path)
+
+
+def test_corrupt_cache_warns_and_retunes(tmp_path):
+    path = tmp_path / "cache.json"
+    path.write_text('{"format": 1, "entr')
+    timer = FakeTimer({"native": 1.0, "block_diagonal:8": 0.5})
+    with pytest.warns(UserWarning, match="unreadable"):
+        plan = dw.tune(tiny_mobilenet(), torch.randn(1, 3, 16, 16), cache=path, timer=timer,
+                       apply=False)
+    assert timer.asked  # it measured
+    assert plan.layers["3"].algorithm == "block_diagonal:8"
+    data = json.loads(path.read_text())  # and rewrote a valid file
+    assert data["format"] == tuning.CACHE_FORMAT and len(data["entries"]) == 2
+
+
+def test_cache_from_another_environment_warns_and_retunes(tmp_path):
+    path = tmp_path / "cache.json"
+    call = depthwise_call()
+    old_env = dict(ENV, torch="1.0.0")
+    tuning.TuningCache(path, old_env).store(tuning.LayerChoice("block_diagonal:2", call.key()))
+    cache = tuning.TuningCache(path, ENV)
+    with pytest.warns(UserWarning, match="was written for"):
+        assert cache.lookup(call.key()) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cache.store(tuning.LayerChoice("native", call.key()))
+    assert tuning.TuningCache(path, ENV).lookup(call.key()).algorithm == "native"
+
+
+def _store_concurrently(path, key, algorithm, results):
+    cache = tuning.TuningCache(path, ENV)
+    stored = [cache.store(tuning.LayerChoice(algorithm, key))]
+    stored.append(cache.store(tuning.LayerChoice("native", f"{key}-own-{algorithm}")))
+    results.put((algorithm, stored[0].algorithm))
+
+
+def test_concurrent_writers_neither_corrupt_nor_disagree(tmp_path):
+    path = tmp_path / "cache.json"
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_store_concurrently,
+                               args=(path, "shared", f"block_diagonal:{2 ** i}", results))
+               for i in range(1, 7)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    outcomes = [results.get(timeout=5) for _ in workers]
+    adopted = {stored for _, stored in outcomes}
+    assert len(adopted) == 1  # every process applies the same decision for the shared key
+    entries = json.loads(path.read_text())["entries"]
+    assert entries["shared"]["algorithm"] == adopted.pop()
+    assert len(entries) == 1 + len(workers)  # nobody's own key was lost
+
+
+def test_tune_converts_a_plain_model_with_the_per_device_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIAGONALWISE_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    native = tiny_mobilenet().double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    model = copy.deepcopy(native)
+    dw.tune(model, (x,), filter_fn=lambda module, name: name != "9")
+    assert type(model[3]) is dw.DiagonalwiseConv2d and type(model[9]) is nn.Conv2d
+    assert list(tmp_path.glob("tuning-*.json"))
+    torch.testing.assert_close(model(x), native(x), **TOLERANCES[torch.float64])
+    with pytest.raises(ValueError, match=r"call diagonalwise.tune\(model, \(x,\)\)"):
+        dw.convert(tiny_mobilenet(), block_size="auto")
+
+
+@pytest.mark.parametrize("tuned_seconds, kept", [(0.5, True), (2.0, False)])
+def test_whole_model_check_keeps_a_faster_plan_and_drops_a_slower_one(tmp_path, tuned_seconds,
+                                                                        kept):
+    torch.manual_seed(0)
+    native = tiny_mobilenet().double()
+    model = copy.deepcopy(native)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    plan = dw.tune(model, x, cache=False, timer=FakeTimer({"native": 1.0,
+                                                           "block_diagonal:8": 0.5}))
+    assert model[3].algorithm == dw.BlockDiagonal(8)
+    stats = model[1].running_mean.clone()
+    ran = []
+
+    def measure(functions):
+        for variant, function in functions.items():
+            function()  # each variant really runs: the check must undo its side effects
+            ran.append(variant)
+        return {"native": 1.0, "tuned": tuned_seconds}
+
+    assert tuning.check_whole_model(model, (x,), plan, measure=measure) is kept
+    assert sorted(ran) == ["native", "tuned"]
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(model[1].running_mean, stats)
+    assert plan.whole_model == {"tuned_seconds": tuned_seconds, "native_seconds": 1.0,
+                                "kept": kept}
+    expected = dw.BlockDiagonal(8) if kept else dw.Native()
+    assert model[3].algorithm == expected
+    assert plan.layers["3"].algorithm == ("block_diagonal:8" if kept else "native")
+    assert dw.Plan.from_dict(plan.to_dict()).whole_model == plan.whole_model
+    torch.testing.assert_close(model(x), native(x), **TOLERANCES[torch.float64])
