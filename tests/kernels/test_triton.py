@@ -7,17 +7,18 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
-import torch.nn.functional as F
-
-import diagonalwise as dw
-from diagonalwise import tuning
-from diagonalwise.call import ConvCall
 
 pytest.importorskip("triton", reason="the Triton kernels need Triton (pip install triton)")
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("these tests run the kernels on CPU tensors through Triton's interpreter: set "
                 "TRITON_INTERPRET=1 (make test-triton)", allow_module_level=True)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import diagonalwise as dw  # noqa: E402
+from diagonalwise import tuning  # noqa: E402
+from diagonalwise.call import ConvCall  # noqa: E402
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 
