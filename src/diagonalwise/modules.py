@@ -102,11 +102,31 @@ class _DiagonalwiseConvNd:
         return _rebuild(self, self.native_type)
 
 
-def _rebuild(conv: nn.Module, cls: type[nn.Module]) -> nn.Module:
-    """An instance of ``cls`` configured like ``conv`` that shares its parameters and buffers.
+#: The hook registries of an nn.Module; a rebuilt layer takes over the very same dicts, so the
+#: handles the user holds still remove them.
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
+               "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks",
+               "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
 
-    Built on the meta device so no weight is allocated or initialised, then handed ``conv``'s
-    Parameters. Forward/backward hooks and extra attributes of ``conv`` are not carried over.
+#: Attributes of ours that a plain torch layer does not get back.
+_OWN_ATTRIBUTES = {"algorithm"}
+
+
+def _has_meta_tensor(module: nn.Module) -> bool:
+    return any(t is not None and t.is_meta
+               for t in [*module._parameters.values(), *module._buffers.values()])
+
+
+def _rebuild(conv: nn.Module, cls: type[nn.Module]) -> nn.Module:
+    """An instance of ``cls`` that is ``conv`` in all but its class: the same Parameter and buffer
+    objects, the same hooks (forward, pre-forward, backward, state-dict) and the same extra
+    attributes. So hook-based reparametrizations (``torch.nn.utils.prune``, the legacy
+    ``weight_norm`` and ``spectral_norm``, whose ``weight`` is recomputed by a pre-forward hook
+    from ``weight_orig``/``weight_g``/``weight_v``...) keep working unchanged.
+
+    Built on the meta device so no weight is allocated; a meta tensor left behind would be a bug
+    here, so it raises instead of returning garbage.
     """
     layer = cls.__new__(cls)
     native = next(base for base in cls.__mro__ if base in (nn.Conv1d, nn.Conv2d, nn.Conv3d))
@@ -114,11 +134,24 @@ def _rebuild(conv: nn.Module, cls: type[nn.Module]) -> nn.Module:
         layer, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
         conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta",
     )
-    for name, parameter in conv.named_parameters(recurse=False):
-        setattr(layer, name, parameter)
-    for name, buffer in conv.named_buffers(recurse=False):
-        layer.register_buffer(name, buffer)
+    layer._parameters = dict(conv._parameters)
+    layer._buffers = dict(conv._buffers)
+    layer._non_persistent_buffers_set = set(conv._non_persistent_buffers_set)
+    for name in _HOOK_DICTS:
+        setattr(layer, name, getattr(conv, name))
+    layer._is_full_backward_hook = conv._is_full_backward_hook
+    for hooks in (layer._load_state_dict_pre_hooks, layer._state_dict_pre_hooks):
+        for key, hook in hooks.items():
+            # a hook registered "with module" holds a weak reference to the old one
+            if getattr(hook, "with_module", False) and hook.module() is conv:
+                hooks[key] = type(hook)(hook.hook, layer)
+    # a reparametrized weight (prune's) or the user's own attributes
+    vars(layer).update({name: value for name, value in vars(conv).items()
+                        if name not in vars(layer) and name not in _OWN_ATTRIBUTES})
     layer.train(conv.training)
+    if _has_meta_tensor(layer) and not _has_meta_tensor(conv):
+        raise RuntimeError(f"diagonalwise: rebuilding a {type(conv).__name__} as {cls.__name__} "
+                           "left a meta tensor behind; please report this as a bug")
     return layer
 
 
