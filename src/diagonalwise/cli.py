@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
 from .call import DTYPES
+from .errors import UsageError
 from .layout import LAYOUTS
 
 
@@ -31,6 +35,30 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def check_writable(path: Path, directory: bool) -> None:
+    """Fail now, before minutes of measuring, if ``path`` (a directory to create files in, or a
+    file to replace) cannot be written."""
+    folder = path if directory else path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".diagonalwise-probe-"):
+            pass
+        if not directory and path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(13, "Permission denied", str(path))
+    except OSError as error:
+        raise UsageError(f"cannot write to {path}: {error.strerror or error}") from None
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' is the first GPU if there is one, else the CPU; a GPU that is not there is an error."""
     if name == "auto":
@@ -38,24 +66,24 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+        raise UsageError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} is not available: no CUDA GPU on this machine "
+            raise UsageError(f"device {name!r} is not available: no CUDA GPU on this machine "
                              "(use --device cpu)")
         if (device.index or 0) >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} is not available: this machine has "
+            raise UsageError(f"device {name!r} is not available: this machine has "
                              f"{torch.cuda.device_count()} CUDA device(s)")
     elif device.type != "cpu":
-        raise ValueError(f"device type {device.type!r} is not supported; use cpu or cuda")
+        raise UsageError(f"device type {device.type!r} is not supported; use cpu or cuda")
     return device
 
 
 def check_dtype(dtype: str, device: torch.device) -> None:
     if dtype == "float64":
-        raise ValueError("benchmarks run in float32, float16 or bfloat16 (float64 is for tests)")
+        raise UsageError("benchmarks run in float32, float16 or bfloat16 (float64 is for tests)")
     if device.type == "cpu" and dtype == "float16":
-        raise ValueError("float16 autocast is not a CPU training setting; use float32 or "
+        raise UsageError("float16 autocast is not a CPU training setting; use float32 or "
                          "bfloat16 on the CPU")
 
 
@@ -119,8 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=positive_int, default=3)
     train.add_argument("--batch-size", type=positive_int, default=64)
     train.add_argument("--size", type=positive_int, default=32, help="image side (default 32)")
-    train.add_argument("--width", type=float, default=0.5, help="MobileNet V1 width (default 0.5)")
-    train.add_argument("--lr", type=float, default=0.05)
+    train.add_argument("--width", type=positive_float, default=0.5,
+                       help="MobileNet V1 width (default 0.5)")
+    train.add_argument("--lr", type=positive_float, default=0.05)
     train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     train.add_argument("--block-size", default=None,
                        help="an int, or 'auto' to autotune (default: the paper's 32 channels)")
@@ -158,7 +187,10 @@ def run_bench(args, command: list[str]) -> int:
         level=args.level, batch_size=args.batch_size, size=args.size, warmup=args.warmup,
         repeats=args.repeats, every_divisor=args.every_divisor,
         max_block_channels=args.max_block_channels, cache=args.cache, use_cache=not args.no_cache)
-    run_bench(config, device, args.output or _default_output("bench"), command)
+    check_writable(args.output, directory=True)
+    if args.cache and not args.no_cache:
+        check_writable(args.cache, directory=False)
+    run_bench(config, device, args.output, command)
     return 0
 
 
@@ -172,6 +204,9 @@ def run_tune(args, command: list[str]) -> int:
 
     device = resolve_device(args.device)
     check_dtype(args.dtype, device)
+    check_writable(args.output, directory=False)
+    if args.cache and not args.no_cache:
+        check_writable(args.cache, directory=False)
     spec = MODELS[args.model]
     default_batch, default_size = spec.defaults(device)
     model = to_layout(convert(spec.build().to(device), algorithm="native"), args.layout)
@@ -219,26 +254,37 @@ def run_train(args, command: list[str]) -> int:
         try:
             block_size = positive_int(block_size)
         except argparse.ArgumentTypeError as error:
-            raise ValueError(f"--block-size: {error} (or 'auto')") from None
+            raise UsageError(f"--block-size: {error} (or 'auto')") from None
     config = TrainConfig(model=args.model, data=args.data, epochs=args.epochs,
                          batch_size=args.batch_size, size=args.size, width=args.width, lr=args.lr,
                          dtype=args.dtype, block_size=block_size, limit=args.limit)
-    return train_both(config, device, args.output or _default_output("train"), command)
+    check_writable(args.output, directory=True)
+    return train_both(config, device, args.output, command)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. A user's mistake (:class:`UsageError`) or a file-system error is one
+    line on stderr and exit status 2; Ctrl-C is one line and 130, with what was finished saved
+    (bench and train save after every piece); anything else is a bug and keeps its traceback."""
     from .timing import keep_freed_memory_in_process
 
     command = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(command)
+    if getattr(args, "output", False) is None:
+        args.output = _default_output(args.command)
     keep_freed_memory_in_process()  # steady CPU timings; recorded in each result's provenance
     runners = {"bench": run_bench, "tune": run_tune, "env": run_env, "report": run_report,
                "train": run_train}
     try:
         return runners[args.command](args, command)
-    except (ValueError, FileNotFoundError) as error:
+    except (UsageError, OSError) as error:
         print(f"diagonalwise {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        saved = f"; what was finished is in {args.output}" if args.command in ("bench", "train") \
+            else ""
+        print(f"diagonalwise {args.command}: interrupted{saved}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -119,6 +119,12 @@ def test_train_on_digits_curves_match(tmp_path, capsys):
      "x3d_style does not run at batch 4, size 8: input image"),
     (["train", "--data", "/no/such/dir", "--device", "cpu"], "neither 'digits' nor a directory"),
     (["train", "--block-size", "zero", "--device", "cpu"], "--block-size: expected a positive"),
+    (["train", "--lr", "nan"], "argument --lr: must be a finite number above 0, got nan"),
+    (["train", "--width", "0"], "argument --width: must be a finite number above 0, got 0"),
+    (["bench", "--output", "/proc/no-such-dir/out", "--device", "cpu"],
+     "cannot write to /proc/no-such-dir/out"),
+    (["tune", "--output", "/proc/plan.json", "--device", "cpu"], "cannot write to /proc/plan.json"),
+    (["report", "--results", "/no/such/results"], "no results directory /no/such/results"),
 ])
 def test_bad_arguments_get_one_clear_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -182,3 +188,66 @@ def test_provenance_records_the_cpu_allocator_setup(tmp_path):
                  "1", "--warmup", "1", "--device", "cpu", "--output", str(out)]) == 0
     environment = json.loads((out / "results.json").read_text())["provenance"]["environment"]
     assert environment["cpu_allocator"] == "glibc mallopt: mmap and trim thresholds 1 GiB"
+
+
+@pytest.mark.parametrize("native, ours, equal", [
+    ([2.0, 1.0, 0.5], [2.0, 1.0, 0.5], True),
+    ([2.0, 1.0, 0.5], [2.0, float("nan"), float("nan")], False),  # max() would skip the NaN
+    ([2.0, float("nan")], [2.0, float("nan")], True),  # the same divergence at the same step
+    ([2.0, 1.0], [2.0, float("inf")], False),
+    ([2.0, float("inf")], [2.0, float("-inf")], False),
+    ([2.0, 1.0], [2.0], False),
+])
+def test_loss_curves_with_non_finite_values(native, ours, equal):
+    from diagonalwise.bench.train_compare import curves_match, relative_loss_gap
+
+    gap = relative_loss_gap(native, ours)
+    assert (gap == 0.0) is equal
+    assert curves_match(gap, 0.0, 1e-8) is equal
+    assert not curves_match(relative_loss_gap([1.0, 1.0], [1.0, 2.0]), float("inf"), 1e-2)
+
+
+def test_train_reports_a_diverged_converted_run_as_a_mismatch(tmp_path, monkeypatch, capsys):
+    from diagonalwise.bench import train_compare
+
+    real_run = train_compare.train_run
+
+    def diverging(model, *args, label, **kwargs):
+        run = real_run(model, *args, label=label, **kwargs)
+        if label == "diagonalwise":
+            run["losses"][1:] = [float("nan")] * (len(run["losses"]) - 1)
+        return run
+
+    monkeypatch.setattr(train_compare, "train_run", diverging)
+    assert main(["train", "--epochs", "1", "--limit", "96", "--batch-size", "32", "--size", "16",
+                 "--width", "0.25", "--device", "cpu", "--output", str(tmp_path)]) == 1
+    assert json.loads((tmp_path / "train.json").read_text())["match"] is False
+    assert "MISMATCH" in capsys.readouterr().out
+
+
+
+def test_an_internal_error_keeps_its_traceback(monkeypatch):
+    import diagonalwise.timing
+
+    def broken(device):
+        raise ValueError("a bug, not a usage error")
+
+    monkeypatch.setattr(diagonalwise.timing, "copy_bandwidth", broken)
+    with pytest.raises(ValueError, match="a bug, not a usage error"):
+        main(["env", "--device", "cpu"])
+
+
+def test_ctrl_c_is_one_line_and_keeps_finished_results(tmp_path, monkeypatch, capsys):
+    from diagonalwise.bench import suite
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(suite, "bench_training", interrupted)
+    out = tmp_path / "out"
+    assert main(["bench", "--batch-size", "2", "--size", "32", "--repeats", "1", "--warmup", "1",
+                 "--device", "cpu", "--output", str(out), "--no-cache"]) == 130
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [f"diagonalwise bench: interrupted; what was finished is in {out}"]
+    layers = json.loads((out / "results.json").read_text())["layers"]
+    assert layers and not json.loads((out / "results.json").read_text())["models"]

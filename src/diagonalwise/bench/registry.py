@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from .models import CausalConvMixer, LargeKernelNet, MobileNetV1, X3DStyleNet
 
 
@@ -84,5 +85,5 @@ MODELS: dict[str, ModelSpec] = {
 
 def get_model_spec(name: str) -> ModelSpec:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+        raise UsageError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     return MODELS[name]

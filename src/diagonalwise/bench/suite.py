@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UsageError
 from ..layout import to_layout
 from ..timing import copy_bandwidth, environment
 from ..tuning import TuningCache, collect_conv_calls
@@ -64,7 +65,7 @@ def run_bench(config: BenchConfig, device: torch.device, output: Path,
                         with autocast_context(device, dtype):
                             calls = collect_conv_calls(model, (x,))
                     except RuntimeError as error:
-                        raise ValueError(f"{name} does not run at batch {batch}, size {size}: "
+                        raise UsageError(f"{name} does not run at batch {batch}, size {size}: "
                                          f"{str(error).splitlines()[0]}") from None
                     distinct = len({call.key() for call in calls.values()})
                     with tqdm(total=distinct, desc=f"{name} layers", unit="config") as bar:

@@ -13,6 +13,7 @@ times the control's own gap.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..atomic_files import write_json_atomic
 from ..conversion import convert
+from ..errors import UsageError
 from ..timing import environment, synchronize
 from ..tuning import tune
 from .models import MobileNetV1
@@ -30,6 +32,30 @@ from .results import provenance
 
 #: Largest relative gap between the two loss curves that still counts as a match, per dtype.
 CURVE_TOLERANCE = {"float64": 1e-8, "float32": 1e-2}
+
+
+def relative_loss_gap(reference: list[float], losses: list[float]) -> float:
+    """The largest gap between two loss curves, relative to the largest finite reference loss.
+    A step where either loss is not finite counts as equal only if both are the same value
+    (NaN and NaN, or the same infinity); otherwise the gap is infinite. Curves of different
+    lengths never match."""
+    if len(reference) != len(losses):
+        return math.inf
+    largest = 0.0
+    for want, got in zip(reference, losses):
+        if math.isfinite(want) and math.isfinite(got):
+            largest = max(largest, abs(want - got))
+        elif not (want == got or (math.isnan(want) and math.isnan(got))):
+            return math.inf
+    scale = max((abs(v) for v in reference if math.isfinite(v)), default=0.0) or 1.0
+    return largest / scale
+
+
+def curves_match(gap: float, control_gap: float, tolerance: float) -> bool:
+    """The diagonalwise curve matches native if its gap is within ``tolerance`` or within ten
+    times the rounding control's (when the control itself stayed finite)."""
+    allowed = max(tolerance, 10 * control_gap) if math.isfinite(control_gap) else tolerance
+    return gap <= allowed
 
 
 @dataclass(frozen=True)
@@ -72,7 +98,7 @@ def image_folder_dataset(path: str, size: int, limit: int | None = None):
     from torchvision import datasets, transforms
 
     if not Path(path).is_dir():
-        raise FileNotFoundError(f"--data {path!r} is neither 'digits' nor a directory")
+        raise UsageError(f"--data {path!r} is neither 'digits' nor a directory")
     transform = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
                                     transforms.Normalize([0.5] * 3, [0.5] * 3)])
     dataset = datasets.ImageFolder(path, transform=transform)
@@ -169,13 +195,10 @@ def train_both(config: TrainConfig, device: torch.device, output: Path, command:
                                 batch_size=config.batch_size, lr=config.lr, device=device,
                                 dtype=dtype, label=label)
 
-    def relative_gap(label: str) -> float:
-        reference = runs["native"]["losses"]
-        gap = max(abs(a - b) for a, b in zip(reference, runs[label]["losses"]))
-        return gap / max(abs(v) for v in reference)
-
-    gap, control_gap = relative_gap("diagonalwise"), relative_gap("rounding control")
-    match = gap <= max(CURVE_TOLERANCE[config.dtype], 10 * control_gap)
+    native_losses = runs["native"]["losses"]
+    gap = relative_loss_gap(native_losses, runs["diagonalwise"]["losses"])
+    control_gap = relative_loss_gap(native_losses, runs["rounding control"]["losses"])
+    match = curves_match(gap, control_gap, CURVE_TOLERANCE[config.dtype])
     env = environment(device)
     output.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output / "train.json", {
