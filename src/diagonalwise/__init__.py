@@ -31,7 +31,7 @@ _TORCH_API = {
 __all__ = sorted(_TORCH_API)
 
 #: submodules reachable as attributes (``dw.functional.conv_nd``) without importing them first
-_SUBMODULES = ("algorithms", "bench", "blocking", "call", "cli", "conversion", "functional",
+_SUBMODULES = ("algorithms", "bench", "blocking", "call", "cli", "conversion", "errors", "functional",
                "kernels", "layout", "modules", "reference", "shapes", "timing", "tuning")
 
 

@@ -22,7 +22,7 @@ import torch
 from .blocking import candidate_block_sizes, check_block_size
 from .call import ConvCall
 from .kernels.triton_ops import triton_depthwise_conv, triton_usable
-from .layout import CHANNELS_LAST_FORMAT
+from .layout import CHANNELS_LAST_FORMAT, like_weight, suggests_channels_last
 from .reference import NATIVE_CONV
 
 
@@ -91,7 +91,8 @@ class NativeChannelsLast(Algorithm):
             weight.contiguous(memory_format=layout),
             bias, stride, padding, dilation, groups,
         )
-        return output.contiguous()
+        # back in the layout native gives: the input's, or channels_last for such a weight
+        return output if suggests_channels_last(weight) else output.contiguous()
 
 
 def block_diagonal_weight(weight: torch.Tensor, groups: int, block_size: int) -> torch.Tensor:
@@ -141,7 +142,8 @@ class BlockDiagonal(Algorithm):
         return groups % self.block_size == 0
 
     def __call__(self, input, weight, bias, stride, padding, dilation, groups):
-        dense = block_diagonal_weight(weight, groups, self.block_size)
+        # in the weight's memory format, which decides the output's as it does for native
+        dense = like_weight(block_diagonal_weight(weight, groups, self.block_size), weight)
         return NATIVE_CONV[weight.dim() - 2](
             input, dense, bias, stride, padding, dilation, groups // self.block_size
         )
@@ -173,7 +175,8 @@ class TritonDepthwise(Algorithm):
             raise RuntimeError(
                 "the 'triton' algorithm needs an NVIDIA GPU with Triton (pip install triton), or "
                 "TRITON_INTERPRET=1 for Triton's CPU interpreter; use 'native' or a block size")
-        return triton_depthwise_conv(input, weight, bias, stride, padding, dilation)
+        output = triton_depthwise_conv(input, weight, bias, stride, padding, dilation)
+        return like_weight(output, weight) if output.dim() == weight.dim() else output
 
 
 Factory = Callable[[str | None], Algorithm]

@@ -23,6 +23,33 @@ def memory_layout(tensor: torch.Tensor) -> str:
     return "contiguous"
 
 
+def suggests_channels_last(tensor: torch.Tensor) -> bool:
+    """Whether PyTorch's ``suggest_memory_format`` would call ``tensor`` channels_last: its
+    strides, read in channels-last order, never decrease (ATen's ``is_channels_last_strides``).
+    A depthwise weight ``(C, 1, k, k)`` is contiguous in both formats; its strides decide."""
+    if tensor.dim() not in CHANNELS_LAST_FORMAT or tensor.layout != torch.strided:
+        return False
+    sizes, strides = tensor.shape, tensor.stride()
+    if strides[1] == 0:
+        return False
+    smallest = 0
+    for d in (1, *range(tensor.dim() - 1, 1, -1), 0):
+        if sizes[d] == 0 or strides[d] < smallest:
+            return False
+        if d == 0 and smallest == strides[1]:  # ambiguous (N111): PyTorch falls back to NCHW
+            return False
+        smallest = strides[d] * sizes[d] if sizes[d] > 1 else strides[d]
+    return True
+
+
+def like_weight(dense: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``dense`` in channels_last if ``weight``'s strides suggest it: a weight built from another
+    keeps the memory format PyTorch's convolutions read off the original."""
+    if suggests_channels_last(weight):
+        return dense.contiguous(memory_format=CHANNELS_LAST_FORMAT[dense.dim()])
+    return dense
+
+
 def channels_innermost(x: torch.Tensor) -> bool:
     """Whether channels are the contiguous dimension (a channels_last tensor)."""
     return x.stride(1) == 1 and x.shape[1] > 1

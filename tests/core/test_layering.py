@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "diagonalwise"
 
 #: Each module's layer; a module may import only from its own layer or lower ones.
 LAYERS = [
-    {"blocking", "shapes", "reference", "layout", "call", "atomic_files", "timing"},
+    {"blocking", "shapes", "reference", "layout", "call", "atomic_files", "timing", "errors"},
     {"kernels"},
     {"algorithms"},
     {"functional"},

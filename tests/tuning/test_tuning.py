@@ -205,21 +205,62 @@ def test_corrupt_cache_warns_and_retunes(tmp_path):
     assert timer.asked  # it measured
     assert plan.layers["3"].algorithm == "block_diagonal:8"
     data = json.loads(path.read_text())  # and rewrote a valid file
-    assert data["format"] == tuning.CACHE_FORMAT and len(data["entries"]) == 2
+    assert data["format"] == tuning.CACHE_FORMAT
+    [section] = data["environments"].values()
+    assert len(section["entries"]) == 2
 
 
-def test_cache_from_another_environment_warns_and_retunes(tmp_path):
+def test_each_environment_keeps_its_own_entries(tmp_path):
     path = tmp_path / "cache.json"
     call = depthwise_call()
-    old_env = dict(ENV, torch="1.0.0")
-    tuning.TuningCache(path, old_env).store(tuning.LayerChoice("block_diagonal:2", call.key()))
-    cache = tuning.TuningCache(path, ENV)
-    with pytest.warns(UserWarning, match="was written for"):
-        assert cache.lookup(call.key()) is None
+    one_thread, two_threads = dict(ENV, threads=1), dict(ENV, threads=2)
+    tuning.TuningCache(path, one_thread).store(tuning.LayerChoice("block_diagonal:2", call.key()))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cache.store(tuning.LayerChoice("native", call.key()))
-    assert tuning.TuningCache(path, ENV).lookup(call.key()).algorithm == "native"
+        warnings.simplefilter("error")  # another environment is a miss, not a problem
+        assert tuning.TuningCache(path, two_threads).lookup(call.key()) is None
+    tuning.TuningCache(path, two_threads).store(tuning.LayerChoice("native", call.key()))
+    # 1, 2, 1 threads: neither run wiped the other's decisions
+    assert tuning.TuningCache(path, one_thread).lookup(call.key()).algorithm == "block_diagonal:2"
+    assert tuning.TuningCache(path, two_threads).lookup(call.key()).algorithm == "native"
+
+
+@pytest.mark.parametrize("entry, problem", [
+    ({"algorithm": "warp_drive", "key": "K"}, "unknown algorithm"),
+    ({"algorithm": "block_diagonal:3", "key": "K"}, "cannot run a layer with groups=8"),
+    ({"algorithm": 7, "key": "K"}, "not a layer choice"),
+    ({"algorithm": "native", "key": "K", "times": {"native": "fast"}}, "'times' must map"),
+    ({"algorithm": "native", "key": "other"}, "stored under"),
+    ("native", "not a layer choice"),
+])
+def test_an_invalid_cache_entry_is_a_miss_and_is_overwritten(tmp_path, entry, problem):
+    path = tmp_path / "cache.json"
+    call = depthwise_call(8)
+    cache = tuning.TuningCache(path, ENV)
+    if isinstance(entry, dict) and entry["key"] == "K":  # K: the key it is stored under
+        entry = dict(entry, key=call.key())
+    path.write_text(json.dumps({"format": tuning.CACHE_FORMAT, "environments": {
+        cache.fingerprint: {"environment": cache.env, "entries": {call.key(): entry}}}}))
+    with pytest.warns(UserWarning, match=problem):
+        assert cache.lookup(call.key(), call.groups) is None
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        stored = cache.store(tuning.LayerChoice("block_diagonal:4", call.key()), call.groups)
+    assert not again  # warned once already
+    assert stored.algorithm == "block_diagonal:4"
+    assert tuning.TuningCache(path, ENV).lookup(call.key(), call.groups).algorithm == \
+        "block_diagonal:4"
+
+
+def test_an_unwritable_cache_warns_once_and_tunes_uncached():
+    timer = FakeTimer({"native": 1.0, "block_diagonal:8": 0.5})
+    cache = tuning.TuningCache("/proc/diagonalwise/cache.json", ENV)  # nobody can write there
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = dw.tune(tiny_mobilenet(), torch.randn(1, 3, 16, 16), cache=cache, timer=timer,
+                       apply=False)
+    messages = [str(w.message) for w in caught if "cannot write the tuning cache" in str(w.message)]
+    assert len(messages) == 1  # two layer configurations, one warning
+    assert plan.layers["3"].algorithm == "block_diagonal:8"
 
 
 def _store_concurrently(path, key, algorithm, results):
@@ -244,7 +285,8 @@ def test_concurrent_writers_neither_corrupt_nor_disagree(tmp_path):
     outcomes = [results.get(timeout=5) for _ in workers]
     adopted = {stored for _, stored in outcomes}
     assert len(adopted) == 1  # every process applies the same decision for the shared key
-    entries = json.loads(path.read_text())["entries"]
+    [section] = json.loads(path.read_text())["environments"].values()
+    entries = section["entries"]
     assert entries["shared"]["algorithm"] == adopted.pop()
     assert len(entries) == 1 + len(workers)  # nobody's own key was lost
 

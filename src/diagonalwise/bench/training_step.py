@@ -109,7 +109,8 @@ def bench_training(spec: ModelSpec, device: torch.device, *, dtype: str = "float
         if variant_name == "paper":
             model = convert(model)  # the paper's 32 channels per block, per layer
         elif variant_name == "tuned":
-            model = convert(model, algorithm="native")
+            # tuned in the layout it is measured in: the layout is part of every choice
+            model = to_layout(convert(model, algorithm="native"), layout)
             with autocast_context(device, dtype):
                 tune(model, (x,), cache=cache, progress=True)
         model = to_layout(model, layout).train()

@@ -19,8 +19,9 @@ from .capture import collect_conv_calls, is_tunable
 from .choice import LayerChoice, Timer, choose, measure_step
 from .gate import GATE_TOLERANCE, check_correctness
 from .plan import Plan
-from .whole_model import check_whole_model
+from .whole_model import adopt_verdict, check_whole_model, measure_whole_model
 
 __all__ = ["CACHE_FORMAT", "GATE_TOLERANCE", "LayerChoice", "Plan", "Timer", "TuningCache",
-           "check_correctness", "check_whole_model", "choose", "collect_conv_calls", "is_tunable",
+           "adopt_verdict", "check_correctness", "check_whole_model", "choose", "collect_conv_calls",
+           "is_tunable", "measure_whole_model",
            "measure_step", "tune"]

@@ -43,8 +43,11 @@ def call_of(module: nn.Module, x: torch.Tensor) -> ConvCall:
     shape = tuple(x.shape) if x.dim() == dims + 2 else (1, *x.shape)
     padding = module.padding
     if module.padding_mode != "zeros":
-        # the layer pads the input itself, then convolves with padding 0
-        shape = shape[:2] + tuple(s + 2 * p for s, p in zip(shape[2:], module.padding))
+        # the layer pads the input itself (by amounts it derived from padding, 'same' included),
+        # then convolves with padding 0; the pads run from the last dimension to the first
+        pads = module._reversed_padding_repeated_twice
+        added = [pads[2 * (dims - 1 - d)] + pads[2 * (dims - 1 - d) + 1] for d in range(dims)]
+        shape = shape[:2] + tuple(s + a for s, a in zip(shape[2:], added))
         padding = (0,) * dims
     dtype = x.dtype
     if torch.is_autocast_enabled(x.device.type) and dtype in (torch.float32, torch.float64):

@@ -29,26 +29,55 @@ def forward_backward(call: ConvCall, algorithm: Algorithm, operands):
     return (output, *torch.autograd.grad(output, inputs, grad_output))
 
 
-def check_correctness(call: ConvCall, algorithm: Algorithm, device: torch.device | str,
-                      seed: int = 0) -> str | None:
-    """None if ``algorithm`` reproduces native on this call (output and every gradient, within
-    :data:`GATE_TOLERANCE`), else the reason it failed."""
-    if type(algorithm) is Native:
-        return None
-    device = torch.device(device)
-    operands = call.make_operands(device, seed)
-    try:
-        expected = forward_backward(call, Native(), operands)
-        actual = forward_backward(call, algorithm, operands)
-    except Exception as error:  # an algorithm that cannot run this call fails the gate
-        return f"raised {type(error).__name__}: {error}"
+def with_nonfinite_values(operands):
+    """The operands with a NaN in the input's first channel and an Inf in the output gradient's
+    last channel (of the first sample), where native keeps each in its own channel."""
+    x, weight, bias, grad_output = (t.clone() if t is not None else None for t in operands)
+    x[(0, 0)] = float("nan")
+    grad_output[(0, -1)] = float("inf")
+    return x, weight, bias, grad_output
+
+
+def _compare(call: ConvCall, device: torch.device, actual, expected) -> str | None:
     tolerance = gate_tolerance(call, device)
     for name, got, want in zip(("output", "input grad", "weight grad", "bias grad"), actual,
                                expected):
         if got.shape != want.shape:
             return f"{name} has shape {tuple(got.shape)}, expected {tuple(want.shape)}"
-        scale = want.double().abs().max().item() or 1.0
-        error = (got.double() - want.double()).abs().max().item() / scale
-        if not error <= tolerance:
-            return f"{name} relative error {error:.2e} exceeds {tolerance:.0e}"
+        got, want = got.double(), want.double()
+        if not torch.equal(got.isnan(), want.isnan()) or not torch.equal(got.isinf(), want.isinf()):
+            return f"{name} has NaN or Inf where native has finite values, or the reverse"
+        finite = want.isfinite()
+        if finite.any():
+            scale = want[finite].abs().max().item() or 1.0
+            error = (got[finite] - want[finite]).abs().max().item() / scale
+            if not error <= tolerance:
+                return f"{name} relative error {error:.2e} exceeds {tolerance:.0e}"
+    return None
+
+
+def check_correctness(call: ConvCall, algorithm: Algorithm, device: torch.device | str,
+                      seed: int = 0, *, isolate_nonfinite: bool = False) -> str | None:
+    """None if ``algorithm`` reproduces native on this call (output and every gradient within
+    :data:`GATE_TOLERANCE`, NaN and Inf exactly where native has them), else the reason.
+
+    With ``isolate_nonfinite`` it also runs with a NaN in one input channel and an Inf in one
+    output-gradient channel, which must stay where native keeps them: the refactorization, whose
+    dense blocks multiply them by exact zeros, spreads them over their block and fails."""
+    if type(algorithm) is Native:
+        return None
+    device = torch.device(device)
+    operands = call.make_operands(device, seed)
+    cases = {"": operands}
+    if isolate_nonfinite:
+        cases[" (with a NaN input and an Inf gradient)"] = with_nonfinite_values(operands)
+    for label, case in cases.items():
+        try:
+            expected = forward_backward(call, Native(), case)
+            actual = forward_backward(call, algorithm, case)
+        except Exception as error:  # an algorithm that cannot run this call fails the gate
+            return f"raised {type(error).__name__}: {error}"
+        reason = _compare(call, device, actual, expected)
+        if reason is not None:
+            return reason + label
     return None

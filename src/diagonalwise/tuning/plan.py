@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
 
-from ..algorithms import get_algorithm
 from ..atomic_files import write_json_atomic
 from ..modules import DIAGONALWISE_TYPE, is_converted, swap_modules
-from .cache import CACHE_FORMAT
 from .capture import is_tunable
 from .choice import LayerChoice
+
+PLAN_FORMAT = 1
 
 
 @dataclass
@@ -30,24 +30,40 @@ class Plan:
     whole_model: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"format": CACHE_FORMAT, "environment": self.environment,
-                "layers": {name: asdict(choice) for name, choice in self.layers.items()},
+        return {"format": PLAN_FORMAT, "environment": self.environment,
+                "layers": {name: choice.to_dict() for name, choice in self.layers.items()},
                 "whole_model": self.whole_model}
 
     @classmethod
-    def from_dict(cls, data: dict) -> Plan:
-        if data.get("format") != CACHE_FORMAT or not isinstance(data.get("layers"), dict):
-            raise ValueError(f"not a diagonalwise plan (format {data.get('format')!r}, "
-                             f"expected {CACHE_FORMAT})")
-        return cls({name: LayerChoice(**choice) for name, choice in data["layers"].items()},
-                   data.get("environment", {}), data.get("whole_model", {}))
+    def from_dict(cls, data: object) -> Plan:
+        """The plan in ``data``; a ValueError saying what is wrong if it is not one."""
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT or \
+                not isinstance(data.get("layers"), dict):
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"not a diagonalwise plan (format {found!r}, expected {PLAN_FORMAT} "
+                             "with a 'layers' mapping); write one with Plan.save")
+        layers = {}
+        for name, choice in data["layers"].items():
+            try:
+                layers[name] = LayerChoice.from_dict(choice)
+            except ValueError as error:
+                raise ValueError(f"plan layer {name!r}: {error}") from None
+        return cls(layers, data.get("environment", {}), data.get("whole_model", {}))
 
     def save(self, path: str | os.PathLike) -> None:
         write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a plan saved by :meth:`save`; a ValueError naming the file if it is not one."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not a diagonalwise plan: invalid JSON ({error})") from None
+        try:
+            return cls.from_dict(data)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
 
     def summary(self) -> dict[str, int]:
         """How many layers chose each algorithm."""
@@ -58,20 +74,28 @@ class Plan:
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Set every layer the plan names to its algorithm, converting plain convolutions; returns
-        the root. A layer name the model lacks is an error."""
+        the root. All or nothing: every layer is checked first (it exists, it is a grouped
+        convolution, its algorithm accepts its groups), and on any error nothing changes."""
         modules = dict(model.named_modules())
         missing = [name for name in self.layers if name not in modules]
         if missing:
             raise ValueError(f"the plan names layers this model does not have: {missing[:5]}; "
                              "was it tuned on another model?")
-
-        def replace(module: nn.Module, name: str) -> nn.Module:
-            if name not in self.layers:
-                return module
+        algorithms = {}
+        for name, choice in self.layers.items():
+            module = modules[name]
             if not is_tunable(module):
                 raise ValueError(f"layer {name!r} is a {type(module).__name__}, which the plan "
                                  "cannot set: only grouped nn.Conv1d/2d/3d are tunable")
-            algorithm = get_algorithm(self.layers[name].algorithm)
+            algorithms[name] = choice.resolve()
+            if not algorithms[name].accepts_groups(module.groups):
+                raise ValueError(f"layer {name!r}: {choice.algorithm} cannot run groups="
+                                 f"{module.groups}; was the plan tuned on another model?")
+
+        def replace(module: nn.Module, name: str) -> nn.Module:
+            if name not in algorithms:
+                return module
+            algorithm = algorithms[name]
             if is_converted(module):
                 module.set_algorithm(algorithm=algorithm)
                 return module

@@ -28,14 +28,12 @@ def model_step(model: nn.Module, example_inputs: tuple) -> Callable[[], None]:
     return step
 
 
-def check_whole_model(model: nn.Module, example_inputs: tuple, plan: Plan, *,
-                      measure: ModelMeasure | None = None, repeats: int = 5) -> bool:
+def measure_whole_model(model: nn.Module, example_inputs: tuple, plan: Plan, *,
+                        measure: ModelMeasure | None = None, repeats: int = 5) -> dict:
     """Time forward+backward of the whole model with the plan's algorithms and with native ones,
-    taking turns; if the plan is slower, set every planned layer to native (in the model and the
-    plan). The tuner times each layer alone, which misses costs that appear only between layers
-    (a layout change meeting its neighbours); this keeps a tuned model from being slower than
-    native. Gradients and batch-norm statistics are put back afterwards. Returns whether the
-    plan was kept; ``plan.whole_model`` records the times."""
+    taking turns, and return the verdict ``{"tuned_seconds", "native_seconds", "kept"}`` (kept:
+    the plan is not slower). The model is left as it was: its layers' algorithms, gradients and
+    batch-norm statistics are put back."""
     modules = dict(model.named_modules())
     tuned = {name: modules[name].algorithm for name in plan.layers}
 
@@ -46,18 +44,38 @@ def check_whole_model(model: nn.Module, example_inputs: tuple, plan: Plan, *,
     step = model_step(model, example_inputs)
     functions = {variant: (lambda variant=variant: (configure(variant), step()))
                  for variant in ("native", "tuned")}
-    with restored_state(model, grads=True):
-        if measure is None:
-            device = next(t.device for t in example_inputs if isinstance(t, torch.Tensor))
-            timings = measure_interleaved(functions, device, warmup=1, repeats=repeats)
-            seconds = {variant: timing.median for variant, timing in timings.items()}
-        else:
-            seconds = measure(functions)
-    kept = seconds["tuned"] <= seconds["native"]
-    configure("tuned" if kept else "native")
-    if not kept:
-        plan.layers = {name: replace(choice, algorithm="native")
+    try:
+        with restored_state(model, grads=True):
+            if measure is None:
+                device = next(t.device for t in example_inputs if isinstance(t, torch.Tensor))
+                timings = measure_interleaved(functions, device, warmup=1, repeats=repeats)
+                seconds = {variant: timing.median for variant, timing in timings.items()}
+            else:
+                seconds = measure(functions)
+    finally:
+        configure("tuned")
+    return {"tuned_seconds": seconds["tuned"], "native_seconds": seconds["native"],
+            "kept": seconds["tuned"] <= seconds["native"]}
+
+
+def adopt_verdict(model: nn.Module, plan: Plan, verdict: dict) -> bool:
+    """Record ``verdict`` in the plan; if it was not kept, set every planned layer to native, in
+    the model and the plan. Returns whether the plan was kept."""
+    if not verdict["kept"]:
+        modules = dict(model.named_modules())
+        for name in plan.layers:
+            modules[name].algorithm = Native()
+        plan.layers = {name: replace(choice, algorithm="native", instance=Native())
                        for name, choice in plan.layers.items()}
-    plan.whole_model = {"tuned_seconds": seconds["tuned"], "native_seconds": seconds["native"],
-                        "kept": kept}
-    return kept
+    plan.whole_model = dict(verdict)
+    return verdict["kept"]
+
+
+def check_whole_model(model: nn.Module, example_inputs: tuple, plan: Plan, *,
+                      measure: ModelMeasure | None = None, repeats: int = 5) -> bool:
+    """:func:`measure_whole_model`, then :func:`adopt_verdict`. The tuner times each layer
+    alone, which misses costs that appear only between layers (a layout change meeting its
+    neighbours); this keeps a tuned model from being slower than native. Returns whether the
+    plan was kept; ``plan.whole_model`` records the times."""
+    verdict = measure_whole_model(model, example_inputs, plan, measure=measure, repeats=repeats)
+    return adopt_verdict(model, plan, verdict)
