@@ -120,9 +120,12 @@ def tune(
         plan.apply(model)
         if (timer is None if verify is None else verify) and any(
                 choice.algorithm != "native" for choice in plan.layers.values()):
-            verdict = measure_whole_model(model, example_inputs, plan)
-            if cache:
-                verdict = cache.store_verdict(model_key(list(decisions)), verdict)
+            key = model_key(list(decisions))
+            verdict = cache.lookup_verdict(key) if cache else None
+            if verdict is None:
+                verdict = measure_whole_model(model, example_inputs, plan)
+                if cache:
+                    verdict = cache.store_verdict(key, verdict)
             adopt_verdict(model, plan, verdict)
     agreed = _agree_across_ranks(plan)
     if agreed is not plan:

@@ -157,13 +157,22 @@ class TuningCache:
 
         return self._update(change)
 
+    @staticmethod
+    def _valid_verdict(verdict: object) -> bool:
+        return isinstance(verdict, dict) and isinstance(verdict.get("kept"), bool)
+
+    def lookup_verdict(self, key: str) -> dict | None:
+        """The stored whole-model verdict for ``key`` (see :func:`model_key`), or None."""
+        verdict = self._section(self._read_all())["models"].get(key)
+        return verdict if self._valid_verdict(verdict) else None
+
     def store_verdict(self, key: str, verdict: dict) -> dict:
         """Store a whole-model verdict (see :func:`check_whole_model`) unless one for ``key`` is
         there already; return the one that is in the cache now."""
 
         def change(section: dict) -> dict:
             stored = section["models"].get(key)
-            if isinstance(stored, dict) and isinstance(stored.get("kept"), bool):
+            if self._valid_verdict(stored):
                 return stored
             section["models"][key] = verdict
             return verdict
