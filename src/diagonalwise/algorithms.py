@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .blocking import candidate_block_sizes, check_block_size
+from .blocking import MAX_BLOCK_CHANNELS, candidate_block_sizes, check_block_size
 from .call import ConvCall
 from .kernels.triton_ops import triton_depthwise_conv, triton_usable
 from .layout import CHANNELS_LAST_FORMAT, like_weight, suggests_channels_last
@@ -140,6 +140,10 @@ class BlockDiagonal(Algorithm):
 
     def accepts_groups(self, groups: int) -> bool:
         return groups % self.block_size == 0
+
+    def is_applicable(self, call: ConvCall, device: torch.device) -> bool:
+        return self.accepts_groups(call.groups) and \
+            self.block_size * call.weight_shape[1] <= MAX_BLOCK_CHANNELS
 
     def __call__(self, input, weight, bias, stride, padding, dilation, groups):
         # in the weight's memory format, which decides the output's as it does for native

@@ -11,6 +11,11 @@ from __future__ import annotations
 #: The block width of the authors' released code: 32 input channels per dense block.
 PAPER_CHANNELS_PER_BLOCK = 32
 
+#: The widest dense block allowed, in input channels. The dense weight is ``block_size`` times
+#: the compact one and so are the multiply-adds: 2048 depthwise channels in one block built a
+#: 144 MB weight and peaked at 177x native's memory for one layer.
+MAX_BLOCK_CHANNELS = 512
+
 
 def divisors(n: int) -> list[int]:
     """All positive divisors of ``n`` in increasing order."""
@@ -69,11 +74,25 @@ def check_block_size(block_size: int, groups: int) -> int:
     return block_size
 
 
+def check_block_channels(block_size: int, in_channels_per_group: int) -> int:
+    """Return ``block_size`` if its dense block holds at most :data:`MAX_BLOCK_CHANNELS` input
+    channels; else raise a ValueError with the fix."""
+    channels = block_size * in_channels_per_group
+    if channels > MAX_BLOCK_CHANNELS:
+        raise ValueError(
+            f"block_size={block_size} packs {channels} input channels into one dense block, more "
+            f"than the {MAX_BLOCK_CHANNELS} allowed: its weight and multiply-adds are "
+            f"{block_size}x the grouped convolution's. Use a smaller block_size (None: the "
+            f"paper's {PAPER_CHANNELS_PER_BLOCK} channels per block), or diagonalwise.tune")
+    return block_size
+
+
 def resolve_block_size(block_size: int | None, groups: int, in_channels_per_group: int = 1) -> int:
-    """``None`` becomes :func:`default_block_size`; an int is checked by :func:`check_block_size`."""
+    """``None`` becomes :func:`default_block_size`; an int is checked by :func:`check_block_size`
+    and :func:`check_block_channels`."""
     if block_size is None:
         return default_block_size(groups, in_channels_per_group)
-    return check_block_size(block_size, groups)
+    return check_block_channels(check_block_size(block_size, groups), in_channels_per_group)
 
 
 def block_diagonal_position(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .algorithms import Algorithm
-from .blocking import largest_divisor_up_to
+from .blocking import MAX_BLOCK_CHANNELS, largest_divisor_up_to
 from .modules import DIAGONALWISE_TYPE, is_converted, swap_modules
 
 logger = logging.getLogger("diagonalwise")
@@ -74,7 +74,8 @@ def convert(
         model: the root module; a bare convolution works too (the new module is returned).
         block_size: per layer, groups per dense block. ``None``: the paper's 32 channels per block
             (:func:`diagonalwise.blocking.default_block_size`). An int is an upper bound: each
-            layer takes the largest divisor of its ``groups`` not above it. To measure each layer
+            layer takes the largest divisor of its ``groups`` not above it (nor above
+            :data:`~diagonalwise.blocking.MAX_BLOCK_CHANNELS` input channels). To measure each layer
             and pick the fastest algorithm instead, use :func:`diagonalwise.tune`.
         algorithm: a named algorithm for every converted layer instead (``"native"``, ...).
         filter_fn: ``filter_fn(module, qualified_name) -> bool``; only modules it accepts change.
@@ -101,8 +102,10 @@ def convert(
         if reason is not None:
             report.skipped.append((name, reason))
             return module
-        layer_block_size = (None if block_size is None or algorithm is not None
-                            else largest_divisor_up_to(module.groups, block_size))
+        layer_block_size = None
+        if block_size is not None and algorithm is None:
+            widest = MAX_BLOCK_CHANNELS // (module.in_channels // module.groups)
+            layer_block_size = largest_divisor_up_to(module.groups, min(block_size, widest))
         new = DIAGONALWISE_TYPE[type(module)].from_conv(
             module, block_size=layer_block_size, algorithm=algorithm
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .algorithms import Algorithm, block_diagonal, get_algorithm
-from .blocking import resolve_block_size
+from .blocking import check_block_channels, resolve_block_size
 
 _Size = int | tuple[int, ...]
 _NAMES = {1: "conv1d", 2: "conv2d", 3: "conv3d"}
@@ -91,6 +91,7 @@ def resolve_algorithm(
         chosen = get_algorithm(algorithm)
         if not chosen.accepts_groups(groups):
             raise ValueError(f"algorithm {chosen.name!r} cannot run a convolution with groups={groups}")
+        check_block_channels(chosen.block_size, in_channels_per_group)
         return chosen
     return block_diagonal(resolve_block_size(block_size, groups, in_channels_per_group))
 

@@ -54,3 +54,17 @@ def test_bad_input_error_messages(call, error, pattern):
 def test_register_algorithm_rejects_bad_family_names():
     with pytest.raises(ValueError, match="without ':'"):
         dw.register_algorithm("a:b", lambda arg: dw.Native())
+
+
+def test_a_dense_block_past_the_limit_is_refused_with_the_fix():
+    x, weight = torch.randn(1, 2048, 4, 4), torch.randn(2048, 1, 3, 3)
+    for choice in (dict(block_size=1024), dict(algorithm="block_diagonal:2048")):
+        with pytest.raises(ValueError, match=r"packs \d+ input channels into one dense block, "
+                           r"more than the 512 allowed.*Use a smaller block_size"):
+            dw.conv2d(x, weight, groups=2048, **choice)
+    with pytest.raises(ValueError, match="more than the 512 allowed"):
+        dw.DiagonalwiseConv2d(2048, 2048, 3, groups=2048, block_size=2048)
+    dw.conv2d(x, weight, groups=2048, block_size=512)  # at the limit: fine
+    # convert's bound never goes past the limit either
+    converted = dw.convert(torch.nn.Conv2d(2048, 2048, 3, groups=2048), block_size=4096)
+    assert converted.block_size == 512
