@@ -15,6 +15,7 @@ from torch import nn
 
 from .algorithms import Algorithm
 from .functional import resolve_algorithm
+from .reference import NATIVE_CONV
 
 _Size = int | tuple[int, ...]
 
@@ -72,7 +73,16 @@ class _DiagonalwiseConvNd:
             padding = (0,) * len(self.kernel_size)
         else:
             padding = self.padding
+        if torch.jit.is_tracing():
+            # traced graphs (ONNX export, torch.jit.trace) get the standard grouped convolution:
+            # the same numbers, and an op every exporter knows
+            return NATIVE_CONV[len(self.kernel_size)](input, weight, bias, self.stride, padding,
+                                                      self.dilation, self.groups)
         return self.algorithm(input, weight, bias, self.stride, padding, self.dilation, self.groups)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        # torch.jit.script compiles the plain torch layer (same Parameters, same numbers)
+        return self.to_native()
 
     def extra_repr(self) -> str:
         text = super().extra_repr() + f", block_size={self.block_size}"
