@@ -246,6 +246,9 @@ def get_algorithm(name: str | Algorithm) -> Algorithm:
     """The algorithm named ``name`` (``"native"``, ``"block_diagonal:8"``, ...); instances pass through."""
     if isinstance(name, Algorithm):
         return name
+    if not isinstance(name, str):
+        raise TypeError(f"algorithm must be a name such as 'native' or 'block_diagonal:8', or an "
+                        f"Algorithm; got {type(name).__name__} {name!r}")
     family, _, argument = name.partition(":")
     if family not in _FAMILIES:
         raise ValueError(

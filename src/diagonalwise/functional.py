@@ -8,6 +8,8 @@ zeros and may sum in another order). The same holds for 1D and 3D.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from .algorithms import Algorithm, block_diagonal, get_algorithm
@@ -42,7 +44,7 @@ def _check_operands(
             f"{name} expects a {spatial_dims + 2}-D weight of shape {_WEIGHT_SHAPES[spatial_dims]}, "
             f"got shape {tuple(weight.shape)}"
         )
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+    if _integer(groups) is None or groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     out_channels, in_per_group = weight.shape[:2]
     if out_channels % groups != 0:
@@ -65,15 +67,32 @@ def _check_operands(
         )
 
 
+def _integer(value: object) -> int | None:
+    """``value`` as an int if it is one (numpy and torch integers included), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _tuple(value: _Size, spatial_dims: int, what: str) -> tuple[int, ...]:
-    if isinstance(value, int):
-        return (value,) * spatial_dims
-    value = tuple(value)
-    if len(value) == 1:
-        value = value * spatial_dims
-    if len(value) != spatial_dims:
-        raise ValueError(f"{what} must be an int or a tuple of {spatial_dims} ints, got {value!r}")
-    return value
+    """An int or a sequence of ints (any integer type F.convNd accepts) as a tuple of Python
+    ints, one per spatial dimension."""
+    problem = ValueError(f"{what} must be an int or a tuple of {spatial_dims} ints, got {value!r}")
+    single = _integer(value)
+    if single is not None:
+        return (single,) * spatial_dims
+    try:
+        values = tuple(_integer(v) for v in value)
+    except TypeError:
+        raise problem from None
+    if len(values) == 1:
+        values = values * spatial_dims
+    if len(values) != spatial_dims or None in values:
+        raise problem
+    return values
 
 
 def resolve_algorithm(
@@ -111,6 +130,7 @@ def conv_nd(
 ) -> torch.Tensor:
     """The N-d convolution behind :func:`conv1d`, :func:`conv2d` and :func:`conv3d`."""
     _check_operands(spatial_dims, input, weight, bias, groups)
+    groups = operator.index(groups)
     chosen = resolve_algorithm(groups, weight.shape[1], block_size, algorithm)
     stride = _tuple(stride, spatial_dims, "stride")
     dilation = _tuple(dilation, spatial_dims, "dilation")

@@ -68,3 +68,27 @@ def test_a_dense_block_past_the_limit_is_refused_with_the_fix():
     # convert's bound never goes past the limit either
     converted = dw.convert(torch.nn.Conv2d(2048, 2048, 3, groups=2048), block_size=4096)
     assert converted.block_size == 512
+
+
+@pytest.mark.parametrize("call, error, pattern", [
+    (lambda: dw.conv2d(X, W, stride=1.5, groups=8), ValueError,
+     r"stride must be an int or a tuple of 2 ints, got 1.5"),
+    (lambda: dw.conv2d(X, W, dilation=(1, "2"), groups=8), ValueError,
+     r"dilation must be an int or a tuple of 2 ints"),
+    (lambda: dw.conv2d(X, W, groups=8.0), ValueError, "groups must be a positive int, got 8.0"),
+    (lambda: dw.conv2d(X, W, groups=8, algorithm=123), TypeError,
+     "algorithm must be a name such as 'native'.*got int 123"),
+])
+def test_wrong_types_get_clear_errors(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
+
+
+def test_numpy_integers_are_accepted_where_native_accepts_them():
+    import numpy as np
+
+    args = dict(stride=np.int64(2), padding=(np.int32(1), 1), dilation=np.int64(1),
+                groups=np.int64(8))
+    expected = torch.nn.functional.conv2d(X, W, **args)
+    torch.testing.assert_close(dw.conv2d(X, W, block_size=4, **args), expected)
+    torch.testing.assert_close(dw.conv2d(X, W, algorithm="native", **args), expected)
