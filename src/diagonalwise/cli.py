@@ -17,6 +17,10 @@ from .call import DTYPES
 from .errors import UsageError
 from .layout import LAYOUTS
 
+#: Modules the commands use beyond the core dependencies (the 'bench' extra), by import name.
+BENCH_EXTRAS = {"matplotlib": "matplotlib", "sklearn": "scikit-learn",
+                "torchvision": "torchvision"}
+
 
 class _Parser(argparse.ArgumentParser):
     """Bad arguments get one line naming the problem, not the whole usage text."""
@@ -277,6 +281,12 @@ def main(argv: list[str] | None = None) -> int:
                "train": run_train}
     try:
         return runners[args.command](args, command)
+    except ModuleNotFoundError as error:
+        if error.name not in BENCH_EXTRAS:
+            raise
+        print(f"diagonalwise {args.command}: error: it needs {BENCH_EXTRAS[error.name]}, which is "
+              "not installed: pip install 'diagonalwise[bench]'", file=sys.stderr)
+        return 2
     except (UsageError, OSError) as error:
         print(f"diagonalwise {args.command}: error: {error}", file=sys.stderr)
         return 2

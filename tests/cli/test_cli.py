@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -36,7 +39,8 @@ def test_bench_writes_results_with_provenance(tmp_path, model, size, capsys):
     assert provenance["environment"]["device_type"] == "cpu"
     assert provenance["environment"]["copy_bandwidth_gbs"] > 0
     assert provenance["environment"]["torch"] == torch.__version__
-    assert provenance["git_commit"] and provenance["date"].startswith("20")
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", provenance["git_commit"])
+    assert provenance["date"].startswith("20")
     assert provenance["command"].startswith(f"diagonalwise bench --model {model} --batch-size 2")
     assert provenance["arguments"]["models"] == [model]
 
@@ -183,11 +187,24 @@ def test_report_refuses_a_readme_without_markers(tmp_path):
 
 
 def test_provenance_records_the_cpu_allocator_setup(tmp_path):
+    # a fresh process: in this one an earlier test may have set the allocator already
     out = tmp_path / "out"
-    assert main(["bench", "--level", "layers", "--batch-size", "2", "--size", "32", "--repeats",
-                 "1", "--warmup", "1", "--device", "cpu", "--output", str(out)]) == 0
+    subprocess.run([sys.executable, "-m", "diagonalwise", "bench", "--level", "layers",
+                    "--batch-size", "2", "--size", "32", "--repeats", "1", "--warmup", "1",
+                    "--device", "cpu", "--output", str(out)], check=True, capture_output=True)
     environment = json.loads((out / "results.json").read_text())["provenance"]["environment"]
     assert environment["cpu_allocator"] == "glibc mallopt: mmap and trim thresholds 1 GiB"
+
+
+def test_provenance_finds_the_checkout_when_installed_elsewhere(tmp_path, monkeypatch):
+    from diagonalwise.bench import results
+
+    checkout = results.SOURCE_ROOT
+    monkeypatch.setattr(results, "SOURCE_ROOT", tmp_path)  # as if installed into site-packages
+    monkeypatch.chdir(checkout)
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", results.git_commit())
+    monkeypatch.chdir(tmp_path)
+    assert results.git_commit() == "unknown"
 
 
 @pytest.mark.parametrize("native, ours, equal", [
@@ -252,3 +269,21 @@ def test_ctrl_c_is_one_line_and_keeps_finished_results(tmp_path, monkeypatch, ca
     assert not any("Traceback" in line for line in error)
     layers = json.loads((out / "results.json").read_text())["layers"]
     assert layers and not json.loads((out / "results.json").read_text())["models"]
+
+
+def test_a_missing_bench_extra_says_what_to_install(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ModuleNotFoundError(f"No module named {name!r}", name="matplotlib")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_matplotlib)
+    assert main(["bench", "--level", "layers", "--batch-size", "2", "--size", "32", "--repeats",
+                 "1", "--warmup", "1", "--device", "cpu", "--output", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "diagonalwise bench: error: it needs matplotlib, which is not installed: "
+        "pip install 'diagonalwise[bench]'")

@@ -120,15 +120,14 @@ def test_outputs_are_fully_written(monkeypatch):
     assert not any(t.isnan().any() for t in (y, x.grad, w.grad))
 
 
-def test_deterministic_weight_gradient():
-    x = torch.randn(3, 4, 11, 11, requires_grad=True)
-    w = torch.randn(4, 1, 5, 5, requires_grad=True)
-    grads = []
-    for _ in range(2):
-        w.grad = None
-        dw.conv2d(x, w, None, 1, 2, 1, 4, algorithm="triton").square().sum().backward()
-        grads.append(w.grad.clone())
-    assert torch.equal(grads[0], grads[1])
+def test_the_kernels_use_no_atomics():
+    """The weight gradient is deterministic because it reduces in fixed chunks summed by
+    torch.sum; the interpreter runs programs one at a time, so only the source can tell."""
+    import inspect
+
+    from diagonalwise.kernels import triton_depthwise
+
+    assert "atomic" not in inspect.getsource(triton_depthwise)
 
 
 def test_module_autocast_and_compile():
