@@ -7,20 +7,40 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
+
+#: A temporary file this old was left by a writer that died (kill -9) mid-write.
+STALE_SECONDS = 60
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    for temporary in path.parent.glob(f".{path.name}.*"):
+        with contextlib.suppress(OSError):
+            if time.time() - temporary.stat().st_mtime > STALE_SECONDS:
+                temporary.unlink()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, flush it to disk, then rename it over
-    ``path``: a crash leaves either the old file or the new one."""
+    ``path``: a crash leaves either the old file or the new one (and its temporary file, which
+    the next write removes). The file gets the permissions the user's umask gives new files."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(descriptor, "w") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(temporary, 0o666 & ~_current_umask())
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
