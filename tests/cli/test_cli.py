@@ -287,3 +287,19 @@ def test_a_missing_bench_extra_says_what_to_install(tmp_path, monkeypatch, capsy
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "diagonalwise bench: error: it needs matplotlib, which is not installed: "
         "pip install 'diagonalwise[bench]'")
+
+
+def test_a_corrupt_image_is_one_line_naming_the_file(tmp_path, capsys):
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for index in range(4):
+            Image.new("RGB", (12, 12), (index * 40, 0, 0)).save(tmp_path / "data" / label / f"{index}.png")
+    corrupt = tmp_path / "data" / "b" / "broken.png"
+    corrupt.write_bytes(b"not a png at all")
+    assert main(["train", "--data", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "4",
+                 "--size", "16", "--width", "0.25", "--device", "cpu", "--output",
+                 str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("diagonalwise train: error: ") and str(corrupt) in error
