@@ -53,16 +53,28 @@ def layer_pair(dims, channels, multiplier, kernel, strides, padding, dilation, b
     return native_cls(**kwargs), ours_cls(**kwargs, block_size=block_size)
 
 
-def train_one_step(depthwise, x, target):
-    """Weights of a 1x1 conv followed by ``depthwise`` after one SGD step (lr 1), and the loss."""
+# TensorFlow's own CPU depthwise kernel, run in a compiled train step outside XLA, returns wrong
+# numbers when the machine is busy (TensorFlow 2.21, Keras 3.15, seen here: a loss of -543.8 for
+# one whose float64 value is -5.889, in 1 of 4 runs with both cores loaded). Under XLA it is
+# right every time, so on TensorFlow the reference step runs with XLA, and ours runs both ways.
+REFERENCE_JIT = True if BACKEND == "tensorflow" else "auto"
+OUR_JITS = (False, True) if BACKEND == "tensorflow" else ("auto",)
+
+
+def train_one_step(depthwise, x, target, jit_compile="auto", initial=False):
+    """Weights of a 1x1 conv followed by ``depthwise`` after one SGD step (lr 1), and the loss;
+    with ``initial``, also the weights before the step, in float64."""
     dims = x.ndim - 2
+    keras.utils.set_random_seed(1)
     pointwise = (keras.layers.Conv2D if dims == 2 else keras.layers.Conv1D)(
         x.shape[-1], 1, kernel_initializer=keras.initializers.RandomNormal(seed=3), dtype=DTYPE)
     model = keras.Sequential([keras.Input(x.shape[1:], dtype=DTYPE), pointwise, depthwise])
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0),
-                  loss=lambda y, p: keras.ops.sum(y * p))
+                  loss=lambda y, p: keras.ops.sum(y * p), jit_compile=jit_compile)
+    before = [to_numpy(w).astype(np.float64) for w in model.get_weights()]
     loss = model.train_on_batch(x, target)
-    return [to_numpy(w) for w in model.get_weights()], float(to_numpy(loss).reshape(-1)[0])
+    after = [to_numpy(w) for w in model.get_weights()], float(to_numpy(loss).reshape(-1)[0])
+    return (*after, before) if initial else after
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}d-c{c[1]}-m{c[2]}-k{c[3]}")
@@ -71,21 +83,25 @@ def test_equal_output_and_gradients(case):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, *(11,) * dims, channels)).astype(DTYPE)
     for block_size in block_sizes:
-        keras.utils.set_random_seed(0)
-        native, ours = layer_pair(dims, channels, multiplier, kernel, strides, padding, dilation,
-                                  block_size)
-        want = to_numpy(native(x))
-        ours.build(x.shape)
-        ours.set_weights(native.get_weights())
+
+        def pair(block_size=block_size):
+            keras.utils.set_random_seed(0)
+            native, ours = layer_pair(dims, channels, multiplier, kernel, strides, padding,
+                                      dilation, block_size)
+            want = to_numpy(native(x))
+            ours.build(x.shape)
+            ours.set_weights(native.get_weights())
+            return native, ours, want
+
+        native, ours, want = pair()
         np.testing.assert_allclose(to_numpy(ours(x)), want, **TOL)
         target = rng.standard_normal(want.shape).astype(DTYPE)
-        keras.utils.set_random_seed(1)
-        weights_native, loss_native = train_one_step(native, x, target)
-        keras.utils.set_random_seed(1)
-        weights_ours, loss_ours = train_one_step(ours, x, target)
-        np.testing.assert_allclose(loss_ours, loss_native, **TOL)
-        for got, expected in zip(weights_ours, weights_native):
-            np.testing.assert_allclose(got, expected, **TOL)
+        weights_native, loss_native = train_one_step(native, x, target, REFERENCE_JIT)
+        for jit in OUR_JITS:
+            weights_ours, loss_ours = train_one_step(pair()[1], x, target, jit)
+            np.testing.assert_allclose(loss_ours, loss_native, **TOL, err_msg=f"jit {jit}")
+            for got, expected in zip(weights_ours, weights_native):
+                np.testing.assert_allclose(got, expected, **TOL, err_msg=f"jit {jit}")
 
 
 @pytest.mark.skipif(BACKEND == "tensorflow", reason="TensorFlow's CPU kernels take NHWC only")
@@ -189,3 +205,45 @@ def test_convert_a_sequential_model_keeps_outputs_and_names():
     assert converted.layers[0].block_size == 4
     x = np.random.default_rng(0).standard_normal((2, 16, 8)).astype(DTYPE)
     np.testing.assert_allclose(to_numpy(converted(x)), to_numpy(model(x)), **TOL)
+
+
+def depthwise_nhwc_float64(x, kernel, strides, padding):
+    """An independent float64 depthwise convolution (NHWC, TensorFlow's 'same'/'valid')."""
+    n, h, w, c = x.shape
+    kh, kw, _, m = kernel.shape
+    sh, sw = strides
+    if padding == "same":
+        oh, ow = -(-h // sh), -(-w // sw)
+        ph, pw = max((oh - 1) * sh + kh - h, 0), max((ow - 1) * sw + kw - w, 0)
+        x = np.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+    else:
+        oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    out = np.zeros((n, oh, ow, c, m))
+    for i in range(kh):
+        for j in range(kw):
+            out += x[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw, :, None] * kernel[i, j]
+    return out.reshape(n, oh, ow, c * m)
+
+
+@pytest.mark.parametrize("which", ["native", "ours"])
+def test_the_training_loss_equals_an_independent_float64_reference(which):
+    """The reference path of test_equal_output_and_gradients, and ours in every compile mode,
+    give the loss a float64 computation gives (the case where TensorFlow's kernel failed)."""
+    dims, channels, multiplier, kernel, strides, padding, dilation, _ = CASES[2]
+    x = np.random.default_rng(0).standard_normal((2, 11, 11, channels)).astype(DTYPE)
+    for jit in (REFERENCE_JIT,) if which == "native" else OUR_JITS:
+        keras.utils.set_random_seed(0)
+        native, ours = layer_pair(dims, channels, multiplier, kernel, strides, padding, dilation, 3)
+        want = to_numpy(native(x))
+        if which == "ours":
+            ours.build(x.shape)
+            ours.set_weights(native.get_weights())
+        layer = native if which == "native" else ours
+        target = np.random.default_rng(1).standard_normal(want.shape).astype(DTYPE)
+        _, loss, (pointwise_kernel, pointwise_bias, depthwise_kernel, depthwise_bias) = \
+            train_one_step(layer, x, target, jit, initial=True)
+        hidden = x.astype(np.float64) @ pointwise_kernel[0, 0] + pointwise_bias
+        output = depthwise_nhwc_float64(hidden, depthwise_kernel, strides, padding)
+        expected = (target.astype(np.float64) * (output + depthwise_bias)).sum()
+        # train_on_batch reports the loss through Keras's float32 loss tracker
+        np.testing.assert_allclose(loss, expected, rtol=max(TOL["rtol"], 1e-5), err_msg=f"jit {jit}")
