@@ -3,7 +3,8 @@
 Equivalence contract: ``diagonalwise.conv2d(x, w, b, stride, padding, dilation, groups, block_size=k)``
 equals ``F.conv2d(x, w, b, stride, padding, dilation, groups)`` in value and in the gradients with
 respect to ``x``, ``w`` and ``b``, up to floating-point rounding (the dense convolution adds exact
-zeros and may sum in another order). The same holds for 1D and 3D.
+zeros and may sum in another order), for finite inputs: a NaN or Inf spreads over its dense block.
+The output has the memory layout native gives. The same holds for 1D and 3D.
 """
 
 from __future__ import annotations
