@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 QUIET_PIP := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: demo test test-torch test-triton test-jax test-tf test-mxnet lint install bench bench-gpu clean
+.PHONY: demo test test-torch test-triton test-jax test-tf test-mxnet lint install cpu-kernels bench \
+	bench-gpu clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +17,14 @@ $(INSTALLED): pyproject.toml
 		-e '.[test,bench]' $(QUIET_PIP)
 	KERAS_BACKEND=torch $(PY) -c "import diagonalwise, torchvision, pytest, hypothesis, keras"
 	touch $@
+
+# Our C++ CPU kernels, compiled for this machine into ~/.cache/diagonalwise/build (about a
+# minute the first time; nothing when built already). Where no compiler is available the
+# 'cpu_direct' algorithm reports itself unavailable and everything else works.
+cpu-kernels: $(INSTALLED)
+	@$(PY) -c "import time; from diagonalwise.kernels.cpu_ops import cpu_kernels_unavailable as u, \
+	build_directory as d; t = time.time(); r = u(); \
+	print(f'cpu_direct kernels: {r}' if r else f'cpu_direct kernels ready in {d()} ({time.time() - t:.0f} s)')"
 
 .venv-jax/.installed: pyproject.toml
 	test -x .venv-jax/bin/python || $(PYTHON) -m venv .venv-jax
@@ -46,22 +55,23 @@ install: $(INSTALLED)
 # The paper's experiment: MobileNet V1, every algorithm per layer and a full training step,
 # native vs the paper's 32 channels per block vs autotuned (batch 64 at 224x224 on a GPU;
 # batch 16 on a CPU, about a minute on 2 cores).
-demo: $(INSTALLED)
+demo: cpu-kernels
 	$(PY) -m diagonalwise bench --model mobilenet_v1 --output out/demo
 
 test: test-torch test-triton test-jax test-tf test-mxnet
 
-# tests/ has a folder per room: core, tuning, cli (PyTorch), kernels (Triton), frontends (one
+# tests/ has a folder per room: core, tuning, cli (PyTorch), kernels (ours: C++ CPU with the
+# PyTorch suite, Triton through its interpreter on its own), frontends (one
 # file per framework, each run in its framework's environment). Property-based tests run the
 # derandomized 'ci' profile of tests/conftest.py; HYPOTHESIS_PROFILE=dev searches anew.
-test-torch: $(INSTALLED)
+test-torch: cpu-kernels
 	$(PY) -m ruff check src tests examples
-	$(PY) -m pytest -q tests/core tests/tuning tests/cli
+	$(PY) -m pytest -q tests/core tests/tuning tests/cli tests/kernels/test_cpu_direct.py
 	KERAS_BACKEND=torch $(PY) -m pytest -q tests/frontends/test_keras.py
 
 # Our Triton kernels on CPU tensors through Triton's interpreter (slow; small shapes).
 test-triton: $(INSTALLED)
-	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/kernels
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/kernels/test_triton.py
 
 test-jax: .venv-jax/.installed
 	.venv-jax/bin/python -m pytest -q tests/frontends/test_jax.py

@@ -16,7 +16,7 @@ _TORCH_API = {
     "Algorithm": "algorithms", "BlockDiagonal": "algorithms", "Native": "algorithms",
     "NativeChannelsLast": "algorithms", "available_algorithms": "algorithms",
     "block_diagonal_weight": "algorithms", "get_algorithm": "algorithms",
-    "TritonDepthwise": "algorithms", "candidate_algorithms": "algorithms",
+    "TritonDepthwise": "algorithms", "CpuDirect": "algorithms", "candidate_algorithms": "algorithms",
     "register_algorithm": "algorithms", "unregister_algorithm": "algorithms",
     "default_block_size": "blocking", "valid_block_sizes": "blocking",
     "ConversionReport": "conversion", "convert": "conversion", "revert": "conversion",

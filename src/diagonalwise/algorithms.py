@@ -7,9 +7,9 @@ choice is a per-call (per-layer) setting, which the autotuner makes by measureme
 
 Algorithms are named by strings that survive a JSON round trip: ``"native"``,
 ``"block_diagonal:8"`` (8 groups per dense block; ``"block_diagonal:1"`` is ``"native"``),
-``"native_channels_last"``, ``"triton"``. New families register with :func:`register_algorithm`;
-the autotuner's candidates for a call are the registered families' candidates that state, through
-:meth:`Algorithm.is_applicable`, that they run it on the device.
+``"native_channels_last"``, ``"triton"``, ``"cpu_direct"``. New families register with
+:func:`register_algorithm`; the autotuner's candidates for a call are the registered families'
+candidates that state, through :meth:`Algorithm.is_applicable`, that they run it on the device.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 
 from .blocking import MAX_BLOCK_CHANNELS, candidate_block_sizes, check_block_size
 from .call import ConvCall
+from .kernels.cpu_ops import cpu_depthwise_conv, cpu_kernels_unavailable
 from .kernels.triton_ops import triton_depthwise_conv, triton_usable
 from .layout import CHANNELS_LAST_FORMAT, like_weight, suggests_channels_last
 from .reference import NATIVE_CONV
@@ -170,16 +171,40 @@ class TritonDepthwise(Algorithm):
         return call.is_depthwise and triton_usable(device)
 
     def __call__(self, input, weight, bias, stride, padding, dilation, groups):
-        channels = input.shape[1 if input.dim() == weight.dim() else 0]
-        if weight.shape[1] != 1 or groups != channels:
-            raise ValueError("the 'triton' algorithm computes depthwise convolutions "
-                             "(groups == in_channels, weight (C * M, 1, *kernel)); use 'native' "
-                             "or a block size for this one")
+        _check_depthwise(self.name, input, weight, groups)
         if not triton_usable(input.device):
             raise RuntimeError(
                 "the 'triton' algorithm needs an NVIDIA GPU with Triton (pip install triton), or "
                 "TRITON_INTERPRET=1 for Triton's CPU interpreter; use 'native' or a block size")
         output = triton_depthwise_conv(input, weight, bias, stride, padding, dilation)
+        return like_weight(output, weight) if output.dim() == weight.dim() else output
+
+
+def _check_depthwise(name: str, input: torch.Tensor, weight: torch.Tensor, groups: int) -> None:
+    channels = input.shape[1 if input.dim() == weight.dim() else 0]
+    if weight.shape[1] != 1 or groups != channels:
+        raise ValueError(f"the {name!r} algorithm computes depthwise convolutions (groups == "
+                         "in_channels, weight (C * M, 1, *kernel)); use 'native' or a block size "
+                         "for this one")
+
+
+@dataclass(frozen=True, repr=False)
+class CpuDirect(Algorithm):
+    """Our direct depthwise kernels for the CPU (see :mod:`diagonalwise.kernels.cpu_ops`):
+    1D/2D/3D, any kernel, stride, padding, dilation and multiplier, NCHW and channels_last
+    without copies, multi-threaded with PyTorch's thread pool."""
+
+    name = "cpu_direct"
+
+    def is_applicable(self, call: ConvCall, device: torch.device) -> bool:
+        return call.is_depthwise and device.type == "cpu" and cpu_kernels_unavailable() is None
+
+    def __call__(self, input, weight, bias, stride, padding, dilation, groups):
+        _check_depthwise(self.name, input, weight, groups)
+        if input.device.type != "cpu":
+            raise RuntimeError(f"the 'cpu_direct' algorithm runs on the CPU, not on "
+                               f"{input.device.type}; use 'native', 'triton' or a block size")
+        output = cpu_depthwise_conv(input, weight, bias, stride, padding, dilation)
         return like_weight(output, weight) if output.dim() == weight.dim() else output
 
 
@@ -240,6 +265,7 @@ register_algorithm("native", _no_argument(Native))
 register_algorithm("native_channels_last", _no_argument(NativeChannelsLast))
 register_algorithm("block_diagonal", _block_diagonal, _block_diagonal_candidates)
 register_algorithm("triton", _no_argument(TritonDepthwise))
+register_algorithm("cpu_direct", _no_argument(CpuDirect))
 
 
 def get_algorithm(name: str | Algorithm) -> Algorithm:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import json
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+
+from .atomic_files import write_json_atomic
 
 
 @dataclass
@@ -111,6 +116,27 @@ def copy_bandwidth(device: torch.device | str, megabytes: int | None = None,
     target = torch.empty_like(source)
     timing = measure(lambda: target.copy_(source), device, warmup=3, repeats=repeats)
     return 2 * source.numel() * 4 / timing.median / 1e9
+
+
+def usual_copy_bandwidth(device: torch.device | str, measured: float) -> float:
+    """The best copy bandwidth this device has shown in earlier runs (kept in
+    ``$DIAGONALWISE_CACHE_DIR`` or ``~/.cache/diagonalwise``), updated with ``measured``: what a
+    quiet machine reaches, against which a busy one shows."""
+    root = os.environ.get("DIAGONALWISE_CACHE_DIR") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diagonalwise"
+    path = Path(root) / "copy-bandwidth.json"
+    name = device_name(device)
+    try:
+        known = json.loads(path.read_text())
+        known = known if isinstance(known, dict) else {}
+    except (OSError, ValueError):
+        known = {}
+    best = known.get(name)
+    best = max(measured, best) if isinstance(best, (int, float)) else measured
+    if best != known.get(name):
+        with contextlib.suppress(OSError):
+            write_json_atomic(path, {**known, name: best})
+    return best
 
 
 def device_name(device: torch.device | str) -> str:

@@ -58,7 +58,8 @@ def details_markdown(results: list[tuple[Path, BenchResult]], relative_to: Path)
         commit = info["git_commit"][:12] + ("+dirty" if info["git_commit"].endswith("+dirty")
                                             else "")
         sections.append(f"## `{directory}`\n\n{result.machine()}  \n"
-                        f"commit `{commit}`, {info['date']}, `{info['command']}`")
+                        f"commit `{commit}`, {info['date']}, `{info['command']}`"
+                        + (f"\n\n**{result.warning()}**" if result.warning() else ""))
         if result.models:
             sections.append("Training step (forward, loss, backward, SGD step):\n\n"
                             + render_markdown(*result.model_summary()))

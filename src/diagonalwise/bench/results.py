@@ -73,6 +73,35 @@ def render_markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+#: A timing whose spread (interquartile range) exceeds this fraction of its median is too noisy
+#: to compare; a run where many are, or whose copy bandwidth fell, ran on a busy machine.
+NOISY_SPREAD = 0.2
+
+
+def is_noisy(row) -> bool:
+    return row.median_ms is not None and row.spread_ms is not None and \
+        row.spread_ms > NOISY_SPREAD * row.median_ms
+
+
+def assess_quality(rows: list, copy_start: float, copy_end: float, usual: float) -> dict:
+    """Whether a run's timings can be trusted: the share of noisy timings, and the copy bandwidth
+    at its start and end against the best this machine has shown (``usual``). ``busy`` holds the
+    reason when they cannot, else None."""
+    timed = [r for r in rows if r.median_ms is not None]
+    noisy = sum(is_noisy(r) for r in timed)
+    reasons = []
+    if timed and noisy > 0.25 * len(timed):
+        reasons.append(f"{noisy} of {len(timed)} timings spread more than "
+                       f"{NOISY_SPREAD:.0%} of their median")
+    lowest = min(copy_start, copy_end)
+    if lowest < 0.5 * usual:
+        reasons.append(f"copy bandwidth {lowest:.1f} GB/s, under half this machine's usual "
+                       f"{usual:.1f} GB/s")
+    return {"copy_bandwidth_start_gbs": copy_start, "copy_bandwidth_end_gbs": copy_end,
+            "usual_copy_bandwidth_gbs": usual, "noisy_timings": noisy, "timings": len(timed),
+            "busy": "; ".join(reasons) or None}
+
+
 @dataclass
 class BenchResult:
     provenance: dict
@@ -100,11 +129,19 @@ class BenchResult:
     def machine(self) -> str:
         return machine_line(self.provenance["environment"])
 
+    def warning(self) -> str | None:
+        """A line saying the machine was too busy to measure, if it was."""
+        busy = self.provenance.get("quality", {}).get("busy")
+        return f"WARNING: machine too busy to measure, speedups unreliable: {busy}" if busy else None
+
     def layer_summary(self, mode: str = "step") -> tuple[list[str], list[list[str]]]:
-        """Per distinct layer: native time and bandwidth, the best block size and the best
-        algorithm with their speedups over native."""
+        """Per distinct layer: native time and fraction of the copy bandwidth, the best block
+        size, our CPU kernels and the best algorithm, each as speedup over native and fraction
+        of the copy bandwidth; timings whose spread exceeds :data:`NOISY_SPREAD` of their median
+        are marked with ``~`` and listed."""
         header = ["model", "layer (count)", "input", "groups", "dtype", "layout", "native ms",
-                  "native GB/s", "% of copy", "best block-diagonal", "best algorithm"]
+                  "native % of copy", "best block-diagonal", "cpu_direct", "best algorithm",
+                  "noisy (spread > 20%)"]
         rows = []
         for model, key in dict.fromkeys((r.model, r.key) for r in self.layers):
             measured = [r for r in self.layers if r.model == model and r.key == key
@@ -114,20 +151,27 @@ class BenchResult:
                 continue
             blocks = [r for r in measured if r.algorithm.startswith("block_diagonal:")]
             block = min(blocks, key=lambda r: r.median_ms) if blocks else None
+            ours = next((r for r in measured if r.algorithm == "cpu_direct"), None)
             best = min(measured, key=lambda r: r.median_ms)
+
+            def cell(row, label):
+                return "-" if row is None else (f"{label}{row.speedup:.2f}x{'~' * is_noisy(row)}, "
+                                                f"{100 * row.copy_fraction:.0f}%")
+
             rows.append([
                 model, f"{native.layer} ({native.count})", native.input_shape, str(native.groups),
-                native.dtype, native.layout, f"{native.median_ms:.3f}", f"{native.gbs:.1f}",
+                native.dtype, native.layout, f"{native.median_ms:.3f}{'~' * is_noisy(native)}",
                 f"{100 * native.copy_fraction:.1f}",
-                f"b={block.algorithm.split(':')[1]}: {block.speedup:.2f}x" if block else "-",
-                f"{best.algorithm} {best.speedup:.2f}x"])
+                cell(block, f"b={block.algorithm.split(':')[1]}: " if block else ""),
+                cell(ours, ""), cell(best, f"{best.algorithm} "),
+                ", ".join(r.algorithm for r in measured if is_noisy(r)) or "-"])
         return header, rows
 
     def model_summary(self) -> tuple[list[str], list[list[str]]]:
         header = ["model", "variant", "dtype", "layout", "batch", "size", "step ms (IQR)",
                   "items/s", "speedup", "algorithms"]
         rows = [[r.model, r.variant, r.dtype, r.layout, str(r.batch), str(r.size),
-                 f"{number(r.median_ms, 1)} ({number(r.spread_ms, 1)})",
+                 f"{number(r.median_ms, 1)} ({number(r.spread_ms, 1)}){'~' * is_noisy(r)}",
                  number(r.items_per_s, 1),
                  f"{number(r.speedup)}x" if r.status == "ok" else r.status, r.algorithms]
                 for r in self.models]
@@ -138,7 +182,7 @@ class BenchResult:
                        if r.status != "ok"})
 
     def text_tables(self) -> str:
-        parts = []
+        parts = [self.warning()] if self.warning() else []
         if self.layers:
             parts += ["per layer, forward+backward (best block size, best algorithm vs native):",
                       self.machine(), render_text(*self.layer_summary()), *self.failures(), ""]
@@ -148,8 +192,9 @@ class BenchResult:
         return "\n".join(parts)
 
     def plot(self, directory: Path) -> list[Path]:
-        """One PNG per model: per-layer speedup over native (forward+backward) for each algorithm,
-        and the training-step speedup of each variant."""
+        """One PNG per model: per layer (forward+backward), each algorithm's speedup over native
+        and its fraction of the copy bandwidth (how far it is from the memory limit), the layers
+        labelled with dtype and layout; then the training-step speedup of each variant."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -160,37 +205,42 @@ class BenchResult:
             rows = [r for r in self.layers if r.model == model and r.mode == "step"
                     and r.status == "ok"]
             model_rows = [r for r in self.models if r.model == model and r.status == "ok"]
-            figure, (top, bottom) = plt.subplots(
-                2, 1, figsize=(12, 8), gridspec_kw={"height_ratios": [3, 1]})
+            figure, (speed, limit, step) = plt.subplots(
+                3, 1, figsize=(12, 11), gridspec_kw={"height_ratios": [3, 3, 1]})
             keys = list(dict.fromkeys(r.key for r in rows))
             algorithms = sorted({r.algorithm for r in rows},
                                 key=lambda a: (not a.startswith("native"),
                                                int(a.split(":")[1]) if ":" in a else 0, a))
             width = 0.8 / max(1, len(algorithms))
             for index, algorithm in enumerate(algorithms):
-                positions, speedups = [], []
-                for position, key in enumerate(keys):
-                    match = [r for r in rows if r.key == key and r.algorithm == algorithm]
-                    if match:
-                        positions.append(position + index * width)
-                        speedups.append(match[0].speedup)
-                top.bar(positions, speedups, width, label=algorithm)
-            top.axhline(1.0, color="black", linewidth=0.8)
-            top.set_yscale("log")
-            top.set_ylabel("speedup over native (fwd+bwd)")
-            labels = [next(f"{r.layer}\n{r.input_shape}" for r in rows if r.key == key)
-                      for key in keys]
-            top.set_xticks([p + 0.4 - width / 2 for p in range(len(keys))], labels, rotation=60,
-                           fontsize=6, ha="right")
-            top.legend(fontsize=7, ncol=4)
-            top.set_title(f"{model}: per-layer speedup over native\n{self.machine()}", fontsize=9)
+                found = [(position, r) for position, key in enumerate(keys) for r in rows
+                         if r.key == key and r.algorithm == algorithm]
+                positions = [position + index * width for position, _ in found]
+                speed.bar(positions, [r.speedup for _, r in found], width, label=algorithm)
+                limit.bar(positions, [100 * r.copy_fraction for _, r in found], width,
+                          label=algorithm)
+            speed.axhline(1.0, color="black", linewidth=0.8)
+            speed.set_yscale("log")
+            speed.set_ylabel("speedup over native (fwd+bwd)")
+            limit.axhline(100, color="black", linewidth=0.8)
+            limit.set_ylabel("% of copy bandwidth (fwd+bwd)")
+            labels = [next(f"{r.layer} {r.dtype} {r.layout}\n{r.input_shape}" for r in rows
+                           if r.key == key) for key in keys]
+            for axis in (speed, limit):
+                axis.set_xticks([p + 0.4 - width / 2 for p in range(len(keys))],
+                                labels if axis is limit else [""] * len(keys), rotation=60,
+                                fontsize=6, ha="right")
+            if algorithms:
+                speed.legend(fontsize=7, ncol=4)
+            title = f"{model}: per layer, against native and against the memory limit\n{self.machine()}"
+            speed.set_title(title + (f"\n{self.warning()}" if self.warning() else ""), fontsize=9)
             if model_rows:
-                bottom.barh([f"{r.variant} ({r.dtype}, {r.layout})" for r in model_rows],
-                            [r.speedup for r in model_rows], color="tab:gray")
-                bottom.axvline(1.0, color="black", linewidth=0.8)
-                bottom.set_xlabel("training-step speedup over native")
+                step.barh([f"{r.variant} ({r.dtype}, {r.layout})" for r in model_rows],
+                          [r.speedup for r in model_rows], color="tab:gray")
+                step.axvline(1.0, color="black", linewidth=0.8)
+                step.set_xlabel("training-step speedup over native")
             else:
-                bottom.set_axis_off()
+                step.set_axis_off()
             figure.tight_layout()
             path = directory / f"speedup-{model}.png"
             figure.savefig(path, dpi=110)

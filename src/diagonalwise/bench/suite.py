@@ -10,11 +10,11 @@ import torch
 
 from ..errors import UsageError
 from ..layout import to_layout
-from ..timing import copy_bandwidth, environment
+from ..timing import copy_bandwidth, environment, usual_copy_bandwidth
 from ..tuning import TuningCache, collect_conv_calls
 from .per_layer import bench_layer_calls
 from .registry import get_model_spec
-from .results import BenchResult, provenance
+from .results import BenchResult, assess_quality, provenance
 from .training_step import autocast_context, bench_training
 
 
@@ -81,6 +81,10 @@ def run_bench(config: BenchConfig, device: torch.device, output: Path,
                         spec, device, dtype=dtype, layout=layout, batch=batch, size=size,
                         warmup=config.warmup, repeats=config.repeats, cache=cache)
                     result.save(output)
+    copy_end = copy_bandwidth(device)
+    result.provenance["quality"] = assess_quality(
+        result.layers + result.models, env["copy_bandwidth_gbs"], copy_end,
+        usual_copy_bandwidth(device, max(env["copy_bandwidth_gbs"], copy_end)))
     print("\n" + result.text_tables())
     paths = result.save(output) + result.plot(output)
     print("\nresults written to:\n" + "\n".join(f"  {p}" for p in paths))

@@ -17,7 +17,7 @@ import os
 import torch
 
 from ..layout import memory_format_like
-from ..shapes import conv_output_size, leading_padding
+from .lifting import depthwise_via_3d
 
 
 def interpreter_enabled() -> bool:
@@ -90,25 +90,4 @@ def triton_depthwise_conv(input: torch.Tensor, weight: torch.Tensor, bias: torch
                           dilation: tuple[int, ...]) -> torch.Tensor:
     """A depthwise 1D/2D/3D convolution (batched or not) through the custom ops; follows autocast.
     The caller checks that the convolution is depthwise and that :func:`triton_usable` holds."""
-    spatial_dims = weight.dim() - 2
-    batched = input.dim() == spatial_dims + 2
-    if torch.is_autocast_enabled(input.device.type):
-        dtype = torch.get_autocast_dtype(input.device.type)
-        input, weight = input.to(dtype), weight.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
-    if not batched:
-        input = input.unsqueeze(0)
-    # 1D and 2D run as 3D with leading spatial dimensions of size 1
-    missing = 3 - spatial_dims
-    for _ in range(missing):
-        input, weight = input.unsqueeze(2), weight.unsqueeze(2)
-    stride, dilation = (1,) * missing + tuple(stride), (1,) * missing + tuple(dilation)
-    if not isinstance(padding, str):
-        padding = (0,) * missing + tuple(padding)
-    kernel = weight.shape[2:]
-    size = conv_output_size(input.shape[2:], kernel, stride, padding, dilation)
-    output = _depthwise3d(input, weight, bias, list(stride),
-                          leading_padding(padding, kernel, dilation), list(dilation), size)
-    for _ in range(missing):
-        output = output.squeeze(2)
-    return output if batched else output.squeeze(0)
+    return depthwise_via_3d(_depthwise3d, input, weight, bias, stride, padding, dilation)

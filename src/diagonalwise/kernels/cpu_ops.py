@@ -1,0 +1,144 @@
+"""Our direct CPU depthwise kernels (``cpu_depthwise.cpp``) as ``torch.library`` custom ops.
+
+Equivalence contract: ``cpu_depthwise_conv(x, w, b, stride, padding, dilation)`` equals
+``F.conv1d/2d/3d`` for depthwise convolutions (``groups == in_channels``, weight
+``(C * M, 1, *kernel)``), in value and in the input, weight and bias gradients, accumulating in
+float32 (float64 for float64). The custom ops keep ``torch.compile`` free of graph breaks and have
+fake kernels for tracing. The output has the input's layout (NCDHW or channels_last), and no
+input is copied in either layout.
+
+The C++ source is compiled on first use with the installed torch's headers, for this machine's
+CPU (``-O3 -march=native``, OpenMP for ``at::parallel_for``), into a persistent directory:
+``$DIAGONALWISE_BUILD_DIR`` or ``$XDG_CACHE_HOME/diagonalwise/build`` (``~/.cache/...``), one
+build per source, torch version and CPU. ``make test`` and ``make demo`` build it up front.
+Where it cannot be built (no compiler), :func:`cpu_kernels_unavailable` says why and the
+algorithm reports itself unavailable; nothing else breaks.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from .lifting import depthwise_via_3d
+
+SOURCE = Path(__file__).with_name("cpu_depthwise.cpp")
+CFLAGS = ["-O3", "-march=native", "-fopenmp"]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((line.split(":", 1)[1].strip() for line in cpuinfo
+                         if line.startswith("model name")), platform.machine())
+    except OSError:
+        return platform.machine()
+
+
+def build_directory() -> Path:
+    """Where the extension is built: one directory per source, flags, torch version and CPU."""
+    root = os.environ.get("DIAGONALWISE_BUILD_DIR") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diagonalwise" / "build"
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(CFLAGS).encode(),
+                                     torch.__version__.encode(), _cpu_model().encode()]))
+    return Path(root) / f"cpu_depthwise-{key.hexdigest()[:16]}"
+
+
+@functools.cache
+def _load():
+    """The compiled extension, or the reason it cannot be had (an exception's text)."""
+    from torch.utils.cpp_extension import load
+
+    directory = build_directory()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        return load(name="diagonalwise_cpu_depthwise", sources=[str(SOURCE)],
+                    extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
+                    build_directory=str(directory), verbose=False)
+    except Exception as error:  # a missing compiler or ninja, a failed build: all unavailable
+        return f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error) else ''}"
+
+
+def cpu_kernels_unavailable() -> str | None:
+    """None when the kernels are built (building them now if needed), else why they are not."""
+    extension = _load()
+    return extension if isinstance(extension, str) else None
+
+
+def _extension():
+    extension = _load()
+    if isinstance(extension, str):
+        raise RuntimeError(f"the 'cpu_direct' kernels could not be built here ({extension}); "
+                           "use 'native' or a block size")
+    return extension
+
+
+def _output_format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last_3d if x.stride(1) == 1 and x.shape[1] > 1 else torch.contiguous_format
+
+
+@torch.library.custom_op("diagonalwise::cpu_depthwise3d", mutates_args=())
+def _depthwise3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 stride: list[int], padding: list[int], dilation: list[int],
+                 output_size: list[int]) -> torch.Tensor:
+    return _extension().forward(x, weight, bias, stride, padding, dilation, output_size)
+
+
+@_depthwise3d.register_fake
+def _(x, weight, bias, stride, padding, dilation, output_size):
+    return torch.empty((x.shape[0], weight.shape[0], *output_size), dtype=x.dtype,
+                       device=x.device, memory_format=_output_format(x))
+
+
+@torch.library.custom_op("diagonalwise::cpu_depthwise3d_backward", mutates_args=())
+def _depthwise3d_backward(grad_output: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                          stride: list[int], padding: list[int], dilation: list[int],
+                          input_grad: bool, weight_grad: bool, bias_grad: bool
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dx, dw, db = _extension().backward(grad_output, x, weight, stride, padding, dilation,
+                                       input_grad, weight_grad, bias_grad)
+    # the op returns tensors always; the ones not asked for are empty
+    empty = x.new_empty(0)
+    return (dx if input_grad else empty, dw if weight_grad else empty,
+            db if bias_grad else empty)
+
+
+@_depthwise3d_backward.register_fake
+def _(grad_output, x, weight, stride, padding, dilation, input_grad, weight_grad, bias_grad):
+    empty = x.new_empty(0)
+    return (torch.empty_like(x, memory_format=_output_format(x)) if input_grad else empty,
+            torch.empty_like(weight, memory_format=torch.contiguous_format) if weight_grad
+            else empty,
+            x.new_empty(weight.shape[0]) if bias_grad else empty)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, stride, padding, dilation, _ = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.geometry = (stride, padding, dilation)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_output):
+    x, weight = ctx.saved_tensors
+    needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+    dx, dw, db = _depthwise3d_backward(grad_output, x, weight, *ctx.geometry, needs_input,
+                                       needs_weight, ctx.has_bias and needs_bias)
+    return (dx if needs_input else None, dw if needs_weight else None,
+            db if ctx.has_bias and needs_bias else None, None, None, None, None)
+
+
+_depthwise3d.register_autograd(_backward, setup_context=_setup_context)
+
+
+def cpu_depthwise_conv(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       stride: tuple[int, ...], padding: tuple[int, ...] | str,
+                       dilation: tuple[int, ...]) -> torch.Tensor:
+    """A depthwise 1D/2D/3D convolution (batched or not) on CPU tensors through the custom ops;
+    follows autocast. The caller checks that the convolution is depthwise."""
+    return depthwise_via_3d(_depthwise3d, input, weight, bias, stride, padding, dilation)

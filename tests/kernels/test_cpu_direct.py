@@ -1,0 +1,180 @@
+"""Our direct CPU depthwise kernels ('cpu_direct'): float64 equivalence with F.conv1d/2d/3d,
+output and every gradient, on a grid and a random search, every layout, strided views and
+unbatched inputs; every output element written; thread counts; determinism; compile; autocast;
+lower precisions; and the path where the kernels cannot be built."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import diagonalwise as dw
+from diagonalwise.call import ConvCall
+from diagonalwise.kernels import cpu_ops
+from tests.equivalence import (
+    CASES,
+    LAYOUTS,
+    TOLERANCES,
+    assert_matches_native,
+    conv_problems,
+    make_operands,
+)
+
+pytestmark = pytest.mark.skipif(cpu_ops.cpu_kernels_unavailable() is not None,
+                                reason=f"cpu kernels not built: {cpu_ops.cpu_kernels_unavailable()}")
+
+DEPTHWISE_CASES = [case for case in CASES if case[2] == 1] + [
+    # large and rectangular kernels (RepLKNet 31x31, ConvNeXt 7x7), odd sizes
+    (2, 4, 1, 1, (31, 31), 1, 15, 1, (33, 35)),
+    (2, 3, 1, 2, (13, 1), (1, 2), (6, 0), 1, (17, 7)),
+    (2, 5, 1, 1, (7, 7), 2, 3, 1, (13, 13)),
+    (3, 3, 1, 3, (3, 3, 3), 2, "valid", 1, (7, 7, 7)),
+]
+
+
+@pytest.fixture
+def poisoned_outputs():
+    """Every output the kernels allocate starts as NaN: an element left unwritten shows up."""
+    extension = cpu_ops._extension()
+    extension.set_poison(True)
+    yield
+    extension.set_poison(False)
+
+
+@pytest.mark.parametrize("case", DEPTHWISE_CASES,
+                         ids=lambda c: f"{c[0]}d-g{c[1]}-o{c[3]}-k{'x'.join(map(str, c[4]))}")
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_matches_native_float64(case, bias, layout, poisoned_outputs):
+    dims, groups, in_pg, out_pg, kernel, stride, padding, dilation, sizes = case
+    operands = make_operands(dims, 2, groups, in_pg, out_pg, kernel, sizes, bias, layout)
+    assert_matches_native(dims, *operands, stride, padding, dilation, groups,
+                          algorithm="cpu_direct")
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_unbatched_input(dims, poisoned_outputs):
+    operands = make_operands(dims, 0, 4, 1, 2, (3,) * dims, (5,) * dims, True)
+    assert_matches_native(dims, *operands, 1, 1, 1, 4, algorithm="cpu_direct")
+
+
+@settings(max_examples=300)
+@given(conv_problems(depthwise=True), st.integers(0, 2**16))
+def test_property_matches_native(problem, seed):
+    (dims, batch, groups, in_pg, out_pg, kernel, sizes, bias, layout, stride, padding, dilation,
+     _) = problem
+    operands = make_operands(dims, batch, groups, in_pg, out_pg, kernel, sizes, bias, layout,
+                             seed=seed)
+    assert_matches_native(dims, *operands, stride, padding, dilation, groups,
+                          algorithm="cpu_direct")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_lower_precisions_match_native(dtype, layout):
+    """float32 against native float32; bfloat16 and float16 (accumulated in float32) against
+    native in float32 of the same rounded operands, within one rounding of the output type."""
+    operands = make_operands(2, 2, 16, 1, 1, (3, 3), (13, 13), True, layout, dtype=dtype)
+    if dtype == torch.float32:
+        assert_matches_native(2, *operands, 1, 1, 1, 16, dtype=dtype, algorithm="cpu_direct")
+        return
+    x, weight, bias = (t.detach().requires_grad_() for t in operands)
+    ours = dw.conv2d(x, weight, bias, 1, 1, 1, 16, algorithm="cpu_direct")
+    wide = [t.detach().float().requires_grad_() for t in operands]
+    expected = torch.nn.functional.conv2d(*wide, 1, 1, 1, 16)
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(0))
+    ours.backward(grad.to(dtype))
+    expected.backward(grad.to(dtype).float())
+    tolerance = dict(rtol=1e-2, atol=1e-2) if dtype == torch.float16 else TOLERANCES[dtype]
+    torch.testing.assert_close(ours.float(), expected, **tolerance)
+    for got, want in zip((x, weight, bias), wide):
+        scale = want.grad.abs().max()
+        torch.testing.assert_close(got.grad.float() / scale, want.grad / scale, **tolerance)
+
+
+def test_autocast_bfloat16_matches_native():
+    x = torch.randn(2, 16, 13, 13).contiguous(memory_format=torch.channels_last)
+    layer = dw.DiagonalwiseConv2d(16, 16, 3, padding=1, groups=16, algorithm="cpu_direct")
+    native = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)
+    native.load_state_dict(layer.state_dict())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, expected = layer(x), native(x)
+    assert ours.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(ours, expected, **TOLERANCES[torch.bfloat16])
+
+
+def test_one_and_two_threads_agree_and_repeats_are_bitwise_identical():
+    x = torch.randn(4, 32, 17, 17).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(32, 1, 5, 5)
+    previous = torch.get_num_threads()
+    results = {}
+    try:
+        for threads in (1, 2, 2):
+            torch.set_num_threads(threads)
+            leaves = [t.clone().requires_grad_() for t in (x, weight)]
+            dw.conv2d(*leaves, None, 1, 2, 1, 32, algorithm="cpu_direct").square().sum().backward()
+            results.setdefault(threads, []).append([t.grad for t in leaves])
+    finally:
+        torch.set_num_threads(previous)
+    first, second = results[2]
+    assert torch.equal(first[1], second[1])  # the weight gradient, at a fixed thread count
+    # float32 sums of 4 * 17 * 17 terms, split at other places: rounding of ~1e-4 of the largest
+    for got, want in zip(results[1][0], first):
+        scale = want.abs().max()
+        torch.testing.assert_close(got / scale, want / scale, rtol=1e-4, atol=1e-4)
+
+
+def test_compile_fullgraph_and_checkpointing():
+    layer = dw.DiagonalwiseConv2d(8, 16, 3, padding=1, groups=8, algorithm="cpu_direct").double()
+    x = torch.randn(2, 8, 9, 9, dtype=torch.float64, requires_grad=True)
+    expected = torch.nn.functional.conv2d(x, layer.weight, layer.bias, 1, 1, 1, 8)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), expected, **TOLERANCES[torch.float64])
+    checkpointed = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
+    checkpointed.sum().backward()
+    reference = x.detach().clone().requires_grad_()
+    torch.nn.functional.conv2d(reference, layer.weight, layer.bias, 1, 1, 1, 8).sum().backward()
+    torch.testing.assert_close(x.grad, reference.grad, **TOLERANCES[torch.float64])
+
+
+def test_gradcheck_and_a_clear_error_for_double_backward():
+    x = torch.randn(1, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
+
+    def conv(x, weight, bias):
+        return dw.conv2d(x, weight, bias, 2, 1, 1, 3, algorithm="cpu_direct")
+
+    assert torch.autograd.gradcheck(conv, (x, weight, bias))
+    grad_x, = torch.autograd.grad(conv(x, weight, bias).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="autograd"):
+        grad_x.sum().backward()
+
+
+def test_tuner_candidate_for_depthwise_cpu_calls_only():
+    depthwise = ConvCall((2, 8, 6, 6), (8, 1, 3, 3), False, (1, 1), (1, 1), (1, 1), 8, "float32",
+                         "contiguous")
+    grouped = ConvCall((2, 8, 6, 6), (8, 2, 3, 3), False, (1, 1), (1, 1), (1, 1), 4, "float32",
+                       "contiguous")
+    assert "cpu_direct" in [a.name for a in dw.candidate_algorithms(depthwise, "cpu")]
+    assert "cpu_direct" not in [a.name for a in dw.candidate_algorithms(grouped, "cpu")]
+    with pytest.raises(ValueError, match="computes depthwise convolutions"):
+        dw.conv2d(torch.randn(1, 8, 5, 5), torch.randn(8, 2, 3, 3), groups=4,
+                  algorithm="cpu_direct")
+
+
+def test_without_a_compiler_the_algorithm_is_unavailable_and_nothing_else_breaks(monkeypatch):
+    monkeypatch.setattr(cpu_ops, "_load", lambda: "CalledProcessError: no compiler here")
+    call = ConvCall((2, 8, 6, 6), (8, 1, 3, 3), False, (1, 1), (1, 1), (1, 1), 8, "float32",
+                    "contiguous")
+    assert "cpu_direct" not in [a.name for a in dw.candidate_algorithms(call, "cpu")]
+    with pytest.raises(RuntimeError, match=r"could not be built here \(CalledProcessError: no "
+                                           r"compiler here\); use 'native' or a block size"):
+        dw.conv2d(torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3), groups=8,
+                  algorithm="cpu_direct")
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, groups=8))
+    plan = dw.tune(model, torch.randn(2, 8, 6, 6), cache=False,
+                   timer=lambda call, algorithm, device: 1.0)
+    assert plan.summary() == {"native": 1}
