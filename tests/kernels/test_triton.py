@@ -148,7 +148,7 @@ def test_tuner_offers_and_gates_triton():
     call = ConvCall((2, 8, 9, 9), (8, 1, 3, 3), False, (1, 1), (1, 1), (1, 1), 8, "float64",
                     "contiguous")
     names = [a.name for a in dw.candidate_algorithms(call, "cpu")]
-    assert names[-1] == "triton"
+    assert "triton" in names
     assert tuning.check_correctness(call, dw.get_algorithm("triton"), "cpu") is None
     choice = tuning.choose(call, "cpu", timer=lambda c, a, d: 0.1 if a.name == "triton" else 1.0)
     assert choice.algorithm == "triton"

@@ -103,6 +103,68 @@ at::MemoryFormat format_of(const at::Tensor& x) {
 // ---------------------------------------------------------------------------------------------
 // forward
 
+// Channel block and pixel tile of the register-blocked channels-inner kernels: TW x CB
+// accumulators stay in vector registers while every tap streams through them.
+template <typename acc_t>
+constexpr int64_t channel_block() { return 64 / sizeof(acc_t); }
+constexpr int64_t kPixelTile = 8;
+
+template <typename scalar_t>
+void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t* w,
+                                  const scalar_t* b, scalar_t* y, Strides ys, const Geometry& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t CB = channel_block<acc_t>(), TW = kPixelTile;
+  std::vector<acc_t> wt(g.taps() * g.O), bias(g.O, acc_t(0));
+  for (int64_t o = 0; o < g.O; ++o) {
+    for (int64_t t = 0; t < g.taps(); ++t) wt[t * g.O + o] = static_cast<acc_t>(w[o * g.taps() + t]);
+    if (b) bias[o] = static_cast<acc_t>(b[o]);
+  }
+  const int64_t rows = g.N * g.OD * g.OH, blocks = (g.O + CB - 1) / CB;
+  at::parallel_for(0, rows * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t r = task / blocks, c0 = (task % blocks) * CB, nb = std::min(CB, g.O - c0);
+      const int64_t n = r / (g.OD * g.OH), od = (r / g.OH) % g.OD, oh = r % g.OH;
+      for (int64_t ow0 = 0; ow0 < g.OW; ow0 += TW) {
+        const int64_t tw = std::min(TW, g.OW - ow0);
+        acc_t acc[TW][CB];
+        for (int64_t i = 0; i < TW; ++i)
+#pragma omp simd
+          for (int64_t j = 0; j < CB; ++j) acc[i][j] = j < nb ? bias[c0 + j] : acc_t(0);
+        for (int64_t kd = 0; kd < g.KD; ++kd) {
+          const int64_t id = od * g.SD - g.PD + kd * g.DD;
+          if (id < 0 || id >= g.D) continue;
+          for (int64_t kh = 0; kh < g.KH; ++kh) {
+            const int64_t ih = oh * g.SH - g.PH + kh * g.DH;
+            if (ih < 0 || ih >= g.H) continue;
+            const scalar_t* xrow = x + n * xs.n + id * xs.d + ih * xs.h + c0;
+            for (int64_t kw = 0; kw < g.KW; ++kw) {
+              const acc_t* wp = wt.data() + ((kd * g.KH + kh) * g.KW + kw) * g.O + c0;
+              acc_t wv[CB];
+#pragma omp simd
+              for (int64_t j = 0; j < CB; ++j) wv[j] = j < nb ? wp[j] : acc_t(0);
+              for (int64_t i = 0; i < tw; ++i) {
+                const int64_t iw = (ow0 + i) * g.SW - g.PW + kw * g.DW;
+                if (iw < 0 || iw >= g.W) continue;
+                const scalar_t* xp = xrow + iw * xs.w;
+                if (nb == CB) {
+#pragma omp simd
+                  for (int64_t j = 0; j < CB; ++j) acc[i][j] += static_cast<acc_t>(xp[j]) * wv[j];
+                } else {
+                  for (int64_t j = 0; j < nb; ++j) acc[i][j] += static_cast<acc_t>(xp[j]) * wv[j];
+                }
+              }
+            }
+          }
+        }
+        for (int64_t i = 0; i < tw; ++i) {
+          scalar_t* yp = y + n * ys.n + od * ys.d + oh * ys.h + (ow0 + i) * ys.w + c0;
+          for (int64_t j = 0; j < nb; ++j) yp[j] = static_cast<scalar_t>(acc[i][j]);
+        }
+      }
+    }
+  });
+}
+
 template <typename scalar_t>
 void forward_channels_inner(const scalar_t* x, Strides xs, const scalar_t* w, const scalar_t* b,
                             scalar_t* y, Strides ys, const Geometry& g) {
@@ -191,6 +253,59 @@ void forward_width_inner(const scalar_t* x, Strides xs, const scalar_t* w, const
 // ---------------------------------------------------------------------------------------------
 // backward, channels innermost: input gradient by gathering, weight gradient in fixed chunks
 
+// Input gradient, channels innermost, stride 1, M == 1: the forward's register tiles with the
+// kernel flipped (input pixel iw gathers dy at iw + PW - kw * DW).
+template <typename scalar_t>
+void input_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const scalar_t* w,
+                                     scalar_t* dx, Strides dxs, const Geometry& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t CB = channel_block<acc_t>(), TW = kPixelTile;
+  std::vector<acc_t> wt(g.taps() * g.O);
+  for (int64_t o = 0; o < g.O; ++o)
+    for (int64_t t = 0; t < g.taps(); ++t) wt[t * g.O + o] = static_cast<acc_t>(w[o * g.taps() + t]);
+  const int64_t rows = g.N * g.D * g.H, blocks = (g.C + CB - 1) / CB;
+  at::parallel_for(0, rows * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t r = task / blocks, c0 = (task % blocks) * CB, nb = std::min(CB, g.C - c0);
+      const int64_t n = r / (g.D * g.H), id = (r / g.H) % g.D, ih = r % g.H;
+      for (int64_t iw0 = 0; iw0 < g.W; iw0 += TW) {
+        const int64_t tw = std::min(TW, g.W - iw0);
+        acc_t acc[TW][CB] = {};
+        for (int64_t kd = 0; kd < g.KD; ++kd) {
+          const int64_t od = id + g.PD - kd * g.DD;
+          if (od < 0 || od >= g.OD) continue;
+          for (int64_t kh = 0; kh < g.KH; ++kh) {
+            const int64_t oh = ih + g.PH - kh * g.DH;
+            if (oh < 0 || oh >= g.OH) continue;
+            const scalar_t* dyrow = dy + n * dys.n + od * dys.d + oh * dys.h + c0;
+            for (int64_t kw = 0; kw < g.KW; ++kw) {
+              const acc_t* wp = wt.data() + ((kd * g.KH + kh) * g.KW + kw) * g.O + c0;
+              acc_t wv[CB];
+#pragma omp simd
+              for (int64_t j = 0; j < CB; ++j) wv[j] = j < nb ? wp[j] : acc_t(0);
+              for (int64_t i = 0; i < tw; ++i) {
+                const int64_t ow = iw0 + i + g.PW - kw * g.DW;
+                if (ow < 0 || ow >= g.OW) continue;
+                const scalar_t* dyp = dyrow + ow * dys.w;
+                if (nb == CB) {
+#pragma omp simd
+                  for (int64_t j = 0; j < CB; ++j) acc[i][j] += static_cast<acc_t>(dyp[j]) * wv[j];
+                } else {
+                  for (int64_t j = 0; j < nb; ++j) acc[i][j] += static_cast<acc_t>(dyp[j]) * wv[j];
+                }
+              }
+            }
+          }
+        }
+        for (int64_t i = 0; i < tw; ++i) {
+          scalar_t* dxp = dx + n * dxs.n + id * dxs.d + ih * dxs.h + (iw0 + i) * dxs.w + c0;
+          for (int64_t j = 0; j < nb; ++j) dxp[j] = static_cast<scalar_t>(acc[i][j]);
+        }
+      }
+    }
+  });
+}
+
 template <typename scalar_t>
 void input_grad_channels_inner(const scalar_t* dy, Strides dys, const scalar_t* w, scalar_t* dx,
                                Strides dxs, const Geometry& g) {
@@ -232,6 +347,69 @@ void input_grad_channels_inner(const scalar_t* dy, Strides dys, const scalar_t* 
       }
     }
   });
+}
+
+// Weight and bias gradients, channels innermost, M == 1: one task per (channel block, chunk of
+// rows) keeps every tap's accumulator for its channels in registers while the pixels stream by;
+// the chunks are a fixed partition, summed in chunk order.
+template <typename scalar_t>
+void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const scalar_t* x,
+                                      Strides xs, scalar_t* dw, scalar_t* db, const Geometry& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t CB = channel_block<acc_t>();
+  constexpr int64_t kMaxTaps = 49;  // register tiles up to 7x7; larger kernels loop over taps
+  const int64_t rows = g.N * g.OD * g.OH, blocks = (g.O + CB - 1) / CB, taps = g.taps();
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows, at::get_num_threads()));
+  const int64_t tap_groups = (taps + kMaxTaps - 1) / kMaxTaps;
+  std::vector<acc_t> partial(chunks * (taps + 1) * blocks * CB, acc_t(0));
+  at::parallel_for(0, chunks * blocks * tap_groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t chunk = task / (blocks * tap_groups), block = (task / tap_groups) % blocks;
+      const int64_t t0 = (task % tap_groups) * kMaxTaps, nt = std::min(kMaxTaps, taps - t0);
+      const int64_t c0 = block * CB, nb = std::min(CB, g.O - c0);
+      acc_t acc[kMaxTaps + 1][CB] = {};
+      for (int64_t r = chunk * rows / chunks; r < (chunk + 1) * rows / chunks; ++r) {
+        const int64_t n = r / (g.OD * g.OH), od = (r / g.OH) % g.OD, oh = r % g.OH;
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const scalar_t* dyp = dy + n * dys.n + od * dys.d + oh * dys.h + ow * dys.w + c0;
+          acc_t d[CB];
+#pragma omp simd
+          for (int64_t j = 0; j < CB; ++j) d[j] = j < nb ? static_cast<acc_t>(dyp[j]) : acc_t(0);
+          if (t0 == 0)
+#pragma omp simd
+            for (int64_t j = 0; j < CB; ++j) acc[kMaxTaps][j] += d[j];
+          for (int64_t t = 0; t < nt; ++t) {
+            const int64_t tap = t0 + t, kw = tap % g.KW, kh = (tap / g.KW) % g.KH, kd = tap / (g.KW * g.KH);
+            const int64_t id = od * g.SD - g.PD + kd * g.DD, ih = oh * g.SH - g.PH + kh * g.DH;
+            const int64_t iw = ow * g.SW - g.PW + kw * g.DW;
+            if (id < 0 || id >= g.D || ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+            const scalar_t* xp = x + n * xs.n + id * xs.d + ih * xs.h + iw * xs.w + c0;
+            if (nb == CB) {
+#pragma omp simd
+              for (int64_t j = 0; j < CB; ++j) acc[t][j] += d[j] * static_cast<acc_t>(xp[j]);
+            } else {
+              for (int64_t j = 0; j < nb; ++j) acc[t][j] += d[j] * static_cast<acc_t>(xp[j]);
+            }
+          }
+        }
+      }
+      acc_t* out = partial.data() + (chunk * blocks + block) * (taps + 1) * CB;
+      for (int64_t t = 0; t < nt; ++t)
+        for (int64_t j = 0; j < CB; ++j) out[(t0 + t) * CB + j] = acc[t][j];
+      if (t0 == 0)
+        for (int64_t j = 0; j < CB; ++j) out[taps * CB + j] = acc[kMaxTaps][j];
+    }
+  });
+  for (int64_t o = 0; o < g.O; ++o) {
+    const int64_t block = o / CB, j = o % CB;
+    for (int64_t t = 0; t <= taps; ++t) {
+      acc_t sum = 0;
+      for (int64_t chunk = 0; chunk < chunks; ++chunk)
+        sum += partial[((chunk * blocks + block) * (taps + 1) + t) * CB + j];
+      if (t < taps && dw) dw[o * taps + t] = static_cast<scalar_t>(sum);
+      if (t == taps && db) db[o] = static_cast<scalar_t>(sum);
+    }
+  }
 }
 
 template <typename scalar_t>
@@ -416,7 +594,11 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const c10::opt
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "cpu_depthwise_forward", [&] {
     const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
-    if (channels_inner(x)) {
+    if (channels_inner(x) && g.M == 1) {
+      forward_channels_inner_tiled<scalar_t>(x.const_data_ptr<scalar_t>(), Strides(x),
+                                             w.const_data_ptr<scalar_t>(), bp,
+                                             y.mutable_data_ptr<scalar_t>(), Strides(y), g);
+    } else if (channels_inner(x)) {
       forward_channels_inner<scalar_t>(x.const_data_ptr<scalar_t>(), Strides(x), w.const_data_ptr<scalar_t>(),
                                        bp, y.mutable_data_ptr<scalar_t>(), Strides(y), g);
     } else if (x.stride(4) == 1) {
@@ -452,10 +634,18 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor
     scalar_t* dwp = dw.defined() ? dw.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* dbp = db.defined() ? db.mutable_data_ptr<scalar_t>() : nullptr;
     if (channels_inner(x)) {
-      if (dx.defined())
+      const bool unit_stride = g.SD == 1 && g.SH == 1 && g.SW == 1;
+      if (dx.defined() && unit_stride && g.M == 1)
+        input_grad_channels_inner_tiled<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy),
+                                                  w.const_data_ptr<scalar_t>(),
+                                                  dx.mutable_data_ptr<scalar_t>(), Strides(dx), g);
+      else if (dx.defined())
         input_grad_channels_inner<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy), w.const_data_ptr<scalar_t>(),
                                             dx.mutable_data_ptr<scalar_t>(), Strides(dx), g);
-      if (dwp || dbp)
+      if ((dwp || dbp) && g.M == 1)
+        weight_grad_channels_inner_tiled<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy),
+                                                   x.const_data_ptr<scalar_t>(), Strides(x), dwp, dbp, g);
+      else if (dwp || dbp)
         weight_grad_channels_inner<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy), x.const_data_ptr<scalar_t>(),
                                              Strides(x), dwp, dbp, g);
     } else {
