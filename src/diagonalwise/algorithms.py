@@ -205,6 +205,9 @@ class CpuDirect(Algorithm):
             raise RuntimeError(f"the 'cpu_direct' algorithm runs on the CPU, not on "
                                f"{input.device.type}; use 'native', 'triton' or a block size")
         output = cpu_depthwise_conv(input, weight, bias, stride, padding, dilation)
+        if output.dim() == 5 and output.dtype == torch.float64:
+            # PyTorch's float64 3D convolution on the CPU (slow_conv3d) returns contiguous always
+            return output.contiguous()
         return like_weight(output, weight) if output.dim() == weight.dim() else output
 
 

@@ -13,7 +13,7 @@ from torch._prims_common import suggest_memory_format
 import diagonalwise as dw
 from diagonalwise.layout import CHANNELS_LAST_FORMAT, suggests_channels_last
 
-ALGORITHMS = ["block_diagonal:2", "block_diagonal:8", "native_channels_last"]
+ALGORITHMS = ["block_diagonal:2", "block_diagonal:8", "native_channels_last", "cpu_direct"]
 
 
 def layout_of(tensor: torch.Tensor) -> str:

@@ -109,6 +109,35 @@ template <typename acc_t>
 constexpr int64_t channel_block() { return 64 / sizeof(acc_t); }
 constexpr int64_t kPixelTile = 8;
 
+// One tile of TW consecutive output pixels x CB channels, every tap valid for every pixel of
+// the tile (an interior tile): the compile-time sizes keep the accumulators in registers.
+template <typename scalar_t, typename acc_t, int64_t TW, int64_t CB>
+inline void forward_tile(const scalar_t* xrow0, int64_t xsw, const acc_t* wt, int64_t wt_step,
+                         const acc_t* bias, scalar_t* yp, int64_t ysw, const Geometry& g,
+                         int64_t iw0, const int64_t* row_offsets, int64_t nrows) {
+  acc_t acc[TW][CB];
+  for (int64_t i = 0; i < TW; ++i)
+#pragma omp simd
+    for (int64_t j = 0; j < CB; ++j) acc[i][j] = bias[j];
+  for (int64_t r = 0; r < nrows; ++r) {
+    const scalar_t* xrow = xrow0 + row_offsets[2 * r];
+    const acc_t* wrow = wt + row_offsets[2 * r + 1] * wt_step;
+    for (int64_t kw = 0; kw < g.KW; ++kw) {
+      const acc_t* wv = wrow + kw * wt_step;
+      const scalar_t* xp = xrow + (iw0 + kw * g.DW) * xsw;
+      for (int64_t i = 0; i < TW; ++i)
+#pragma omp simd
+        for (int64_t j = 0; j < CB; ++j)
+          acc[i][j] += static_cast<acc_t>(xp[i * g.SW * xsw + j]) * wv[j];
+    }
+  }
+  for (int64_t i = 0; i < TW; ++i)
+#pragma omp simd
+    for (int64_t j = 0; j < CB; ++j) yp[i * ysw + j] = static_cast<scalar_t>(acc[i][j]);
+}
+
+// Forward, channels innermost, multiplier 1: per (output row, block of CB channels), interior
+// tiles of TW pixels through forward_tile; border pixels and the channel tail one at a time.
 template <typename scalar_t>
 void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t* w,
                                   const scalar_t* b, scalar_t* y, Strides ys, const Geometry& g) {
@@ -119,48 +148,66 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
     for (int64_t t = 0; t < g.taps(); ++t) wt[t * g.O + o] = static_cast<acc_t>(w[o * g.taps() + t]);
     if (b) bias[o] = static_cast<acc_t>(b[o]);
   }
-  const int64_t rows = g.N * g.OD * g.OH, blocks = (g.O + CB - 1) / CB;
-  at::parallel_for(0, rows * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t r = task / blocks, c0 = (task % blocks) * CB, nb = std::min(CB, g.O - c0);
+  // output columns whose taps all fall inside the input: [first, last)
+  const int64_t first = std::min(g.OW, (g.PW + g.SW - 1) / g.SW);
+  int64_t last = g.W - 1 + g.PW - (g.KW - 1) * g.DW;
+  last = last < 0 ? 0 : std::max(first, std::min(g.OW, last / g.SW + 1));
+  const int64_t rows = g.N * g.OD * g.OH, blocks = g.O / CB;
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(g.O);
+    std::vector<int64_t> offsets(2 * g.KD * g.KH);
+    for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (g.OD * g.OH), od = (r / g.OH) % g.OD, oh = r % g.OH;
-      for (int64_t ow0 = 0; ow0 < g.OW; ow0 += TW) {
-        const int64_t tw = std::min(TW, g.OW - ow0);
-        acc_t acc[TW][CB];
-        for (int64_t i = 0; i < TW; ++i)
-#pragma omp simd
-          for (int64_t j = 0; j < CB; ++j) acc[i][j] = j < nb ? bias[c0 + j] : acc_t(0);
-        for (int64_t kd = 0; kd < g.KD; ++kd) {
-          const int64_t id = od * g.SD - g.PD + kd * g.DD;
-          if (id < 0 || id >= g.D) continue;
-          for (int64_t kh = 0; kh < g.KH; ++kh) {
-            const int64_t ih = oh * g.SH - g.PH + kh * g.DH;
-            if (ih < 0 || ih >= g.H) continue;
-            const scalar_t* xrow = x + n * xs.n + id * xs.d + ih * xs.h + c0;
-            for (int64_t kw = 0; kw < g.KW; ++kw) {
-              const acc_t* wp = wt.data() + ((kd * g.KH + kh) * g.KW + kw) * g.O + c0;
-              acc_t wv[CB];
-#pragma omp simd
-              for (int64_t j = 0; j < CB; ++j) wv[j] = j < nb ? wp[j] : acc_t(0);
-              for (int64_t i = 0; i < tw; ++i) {
-                const int64_t iw = (ow0 + i) * g.SW - g.PW + kw * g.DW;
-                if (iw < 0 || iw >= g.W) continue;
-                const scalar_t* xp = xrow + iw * xs.w;
-                if (nb == CB) {
-#pragma omp simd
-                  for (int64_t j = 0; j < CB; ++j) acc[i][j] += static_cast<acc_t>(xp[j]) * wv[j];
-                } else {
-                  for (int64_t j = 0; j < nb; ++j) acc[i][j] += static_cast<acc_t>(xp[j]) * wv[j];
-                }
-              }
-            }
-          }
-        }
-        for (int64_t i = 0; i < tw; ++i) {
-          scalar_t* yp = y + n * ys.n + od * ys.d + oh * ys.h + (ow0 + i) * ys.w + c0;
-          for (int64_t j = 0; j < nb; ++j) yp[j] = static_cast<scalar_t>(acc[i][j]);
+      int64_t nrows = 0;  // the valid (kd, kh) input rows: their offset and first tap
+      for (int64_t kd = 0; kd < g.KD; ++kd) {
+        const int64_t id = od * g.SD - g.PD + kd * g.DD;
+        if (id < 0 || id >= g.D) continue;
+        for (int64_t kh = 0; kh < g.KH; ++kh) {
+          const int64_t ih = oh * g.SH - g.PH + kh * g.DH;
+          if (ih < 0 || ih >= g.H) continue;
+          offsets[2 * nrows] = n * xs.n + id * xs.d + ih * xs.h;
+          offsets[2 * nrows + 1] = (kd * g.KH + kh) * g.KW;
+          ++nrows;
         }
       }
+      scalar_t* yrow = y + n * ys.n + od * ys.d + oh * ys.h;
+      int64_t ow = 0;
+      auto one_pixel = [&](int64_t ow) {
+        for (int64_t o = 0; o < g.O; ++o) acc[o] = bias[o];
+        for (int64_t k = 0; k < nrows; ++k) {
+          for (int64_t kw = 0; kw < g.KW; ++kw) {
+            const int64_t iw = ow * g.SW - g.PW + kw * g.DW;
+            if (iw < 0 || iw >= g.W) continue;
+            const scalar_t* xp = x + offsets[2 * k] + iw * xs.w;
+            const acc_t* wp = wt.data() + (offsets[2 * k + 1] + kw) * g.O;
+#pragma omp simd
+            for (int64_t o = 0; o < g.O; ++o) acc[o] += static_cast<acc_t>(xp[o]) * wp[o];
+          }
+        }
+        scalar_t* yp = yrow + ow * ys.w;
+#pragma omp simd
+        for (int64_t o = 0; o < g.O; ++o) yp[o] = static_cast<scalar_t>(acc[o]);
+      };
+      for (; ow < first; ++ow) one_pixel(ow);
+      for (; ow + TW <= last; ow += TW) {
+        for (int64_t block = 0; block < blocks; ++block) {
+          const int64_t c0 = block * CB;
+          forward_tile<scalar_t, acc_t, TW, CB>(x + c0, xs.w, wt.data() + c0, g.O,
+                                                bias.data() + c0, yrow + ow * ys.w + c0, ys.w, g,
+                                                ow * g.SW - g.PW, offsets.data(), nrows);
+        }
+        for (int64_t o = blocks * CB; o < g.O; ++o) {  // the channel tail
+          for (int64_t i = 0; i < TW; ++i) {
+            acc_t a = bias[o];
+            for (int64_t k = 0; k < nrows; ++k)
+              for (int64_t kw = 0; kw < g.KW; ++kw)
+                a += static_cast<acc_t>(x[offsets[2 * k] + ((ow + i) * g.SW - g.PW + kw * g.DW) * xs.w + o]) *
+                     wt[(offsets[2 * k + 1] + kw) * g.O + o];
+            yrow[(ow + i) * ys.w + o] = static_cast<scalar_t>(a);
+          }
+        }
+      }
+      for (; ow < g.OW; ++ow) one_pixel(ow);
     }
   });
 }
@@ -253,59 +300,6 @@ void forward_width_inner(const scalar_t* x, Strides xs, const scalar_t* w, const
 // ---------------------------------------------------------------------------------------------
 // backward, channels innermost: input gradient by gathering, weight gradient in fixed chunks
 
-// Input gradient, channels innermost, stride 1, M == 1: the forward's register tiles with the
-// kernel flipped (input pixel iw gathers dy at iw + PW - kw * DW).
-template <typename scalar_t>
-void input_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const scalar_t* w,
-                                     scalar_t* dx, Strides dxs, const Geometry& g) {
-  using acc_t = at::opmath_type<scalar_t>;
-  constexpr int64_t CB = channel_block<acc_t>(), TW = kPixelTile;
-  std::vector<acc_t> wt(g.taps() * g.O);
-  for (int64_t o = 0; o < g.O; ++o)
-    for (int64_t t = 0; t < g.taps(); ++t) wt[t * g.O + o] = static_cast<acc_t>(w[o * g.taps() + t]);
-  const int64_t rows = g.N * g.D * g.H, blocks = (g.C + CB - 1) / CB;
-  at::parallel_for(0, rows * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t r = task / blocks, c0 = (task % blocks) * CB, nb = std::min(CB, g.C - c0);
-      const int64_t n = r / (g.D * g.H), id = (r / g.H) % g.D, ih = r % g.H;
-      for (int64_t iw0 = 0; iw0 < g.W; iw0 += TW) {
-        const int64_t tw = std::min(TW, g.W - iw0);
-        acc_t acc[TW][CB] = {};
-        for (int64_t kd = 0; kd < g.KD; ++kd) {
-          const int64_t od = id + g.PD - kd * g.DD;
-          if (od < 0 || od >= g.OD) continue;
-          for (int64_t kh = 0; kh < g.KH; ++kh) {
-            const int64_t oh = ih + g.PH - kh * g.DH;
-            if (oh < 0 || oh >= g.OH) continue;
-            const scalar_t* dyrow = dy + n * dys.n + od * dys.d + oh * dys.h + c0;
-            for (int64_t kw = 0; kw < g.KW; ++kw) {
-              const acc_t* wp = wt.data() + ((kd * g.KH + kh) * g.KW + kw) * g.O + c0;
-              acc_t wv[CB];
-#pragma omp simd
-              for (int64_t j = 0; j < CB; ++j) wv[j] = j < nb ? wp[j] : acc_t(0);
-              for (int64_t i = 0; i < tw; ++i) {
-                const int64_t ow = iw0 + i + g.PW - kw * g.DW;
-                if (ow < 0 || ow >= g.OW) continue;
-                const scalar_t* dyp = dyrow + ow * dys.w;
-                if (nb == CB) {
-#pragma omp simd
-                  for (int64_t j = 0; j < CB; ++j) acc[i][j] += static_cast<acc_t>(dyp[j]) * wv[j];
-                } else {
-                  for (int64_t j = 0; j < nb; ++j) acc[i][j] += static_cast<acc_t>(dyp[j]) * wv[j];
-                }
-              }
-            }
-          }
-        }
-        for (int64_t i = 0; i < tw; ++i) {
-          scalar_t* dxp = dx + n * dxs.n + id * dxs.d + ih * dxs.h + (iw0 + i) * dxs.w + c0;
-          for (int64_t j = 0; j < nb; ++j) dxp[j] = static_cast<scalar_t>(acc[i][j]);
-        }
-      }
-    }
-  });
-}
-
 template <typename scalar_t>
 void input_grad_channels_inner(const scalar_t* dy, Strides dys, const scalar_t* w, scalar_t* dx,
                                Strides dxs, const Geometry& g) {
@@ -349,63 +343,94 @@ void input_grad_channels_inner(const scalar_t* dy, Strides dys, const scalar_t* 
   });
 }
 
-// Weight and bias gradients, channels innermost, M == 1: one task per (channel block, chunk of
-// rows) keeps every tap's accumulator for its channels in registers while the pixels stream by;
-// the chunks are a fixed partition, summed in chunk order.
+// Weight and bias gradients, channels innermost, multiplier 1: one task per (fixed chunk of
+// output rows, block of CB channels). An interior tile's TW x CB output gradients stay in
+// registers while each tap's TW input vectors are multiplied into them, and the tap's sum is
+// added to the task's [tap][CB] accumulators; border pixels one at a time. Chunks are a fixed
+// partition, summed in chunk order: the same bits run to run at a given thread count.
 template <typename scalar_t>
 void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const scalar_t* x,
                                       Strides xs, scalar_t* dw, scalar_t* db, const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
-  constexpr int64_t CB = channel_block<acc_t>();
-  constexpr int64_t kMaxTaps = 49;  // register tiles up to 7x7; larger kernels loop over taps
-  const int64_t rows = g.N * g.OD * g.OH, blocks = (g.O + CB - 1) / CB, taps = g.taps();
+  constexpr int64_t CB = channel_block<acc_t>(), TW = kPixelTile;
+  const int64_t rows = g.N * g.OD * g.OH, blocks = g.O / CB, taps = g.taps();
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows, at::get_num_threads()));
-  const int64_t tap_groups = (taps + kMaxTaps - 1) / kMaxTaps;
-  std::vector<acc_t> partial(chunks * (taps + 1) * blocks * CB, acc_t(0));
-  at::parallel_for(0, chunks * blocks * tap_groups, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t chunk = task / (blocks * tap_groups), block = (task / tap_groups) % blocks;
-      const int64_t t0 = (task % tap_groups) * kMaxTaps, nt = std::min(kMaxTaps, taps - t0);
-      const int64_t c0 = block * CB, nb = std::min(CB, g.O - c0);
-      acc_t acc[kMaxTaps + 1][CB] = {};
+  const int64_t first = std::min(g.OW, (g.PW + g.SW - 1) / g.SW);
+  int64_t last = g.W - 1 + g.PW - (g.KW - 1) * g.DW;
+  last = last < 0 ? 0 : std::max(first, std::min(g.OW, last / g.SW + 1));
+  const int64_t stride = (taps + 1) * g.O;  // per chunk: [tap][channel], then the bias
+  std::vector<acc_t> partial(chunks * stride, acc_t(0));
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> offsets(2 * g.KD * g.KH);
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      acc_t* acc = partial.data() + chunk * stride;
+      acc_t* bias_acc = acc + taps * g.O;
       for (int64_t r = chunk * rows / chunks; r < (chunk + 1) * rows / chunks; ++r) {
         const int64_t n = r / (g.OD * g.OH), od = (r / g.OH) % g.OD, oh = r % g.OH;
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const scalar_t* dyp = dy + n * dys.n + od * dys.d + oh * dys.h + ow * dys.w + c0;
-          acc_t d[CB];
-#pragma omp simd
-          for (int64_t j = 0; j < CB; ++j) d[j] = j < nb ? static_cast<acc_t>(dyp[j]) : acc_t(0);
-          if (t0 == 0)
-#pragma omp simd
-            for (int64_t j = 0; j < CB; ++j) acc[kMaxTaps][j] += d[j];
-          for (int64_t t = 0; t < nt; ++t) {
-            const int64_t tap = t0 + t, kw = tap % g.KW, kh = (tap / g.KW) % g.KH, kd = tap / (g.KW * g.KH);
-            const int64_t id = od * g.SD - g.PD + kd * g.DD, ih = oh * g.SH - g.PH + kh * g.DH;
-            const int64_t iw = ow * g.SW - g.PW + kw * g.DW;
-            if (id < 0 || id >= g.D || ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
-            const scalar_t* xp = x + n * xs.n + id * xs.d + ih * xs.h + iw * xs.w + c0;
-            if (nb == CB) {
-#pragma omp simd
-              for (int64_t j = 0; j < CB; ++j) acc[t][j] += d[j] * static_cast<acc_t>(xp[j]);
-            } else {
-              for (int64_t j = 0; j < nb; ++j) acc[t][j] += d[j] * static_cast<acc_t>(xp[j]);
-            }
+        int64_t nrows = 0;
+        for (int64_t kd = 0; kd < g.KD; ++kd) {
+          const int64_t id = od * g.SD - g.PD + kd * g.DD;
+          if (id < 0 || id >= g.D) continue;
+          for (int64_t kh = 0; kh < g.KH; ++kh) {
+            const int64_t ih = oh * g.SH - g.PH + kh * g.DH;
+            if (ih < 0 || ih >= g.H) continue;
+            offsets[2 * nrows] = n * xs.n + id * xs.d + ih * xs.h;
+            offsets[2 * nrows + 1] = (kd * g.KH + kh) * g.KW;
+            ++nrows;
           }
         }
+        const scalar_t* dyrow = dy + n * dys.n + od * dys.d + oh * dys.h;
+        auto one_pixel = [&](int64_t ow, int64_t c_begin) {
+          const scalar_t* dyp = dyrow + ow * dys.w;
+          for (int64_t o = c_begin; o < g.O; ++o) bias_acc[o] += static_cast<acc_t>(dyp[o]);
+          for (int64_t k = 0; k < nrows; ++k)
+            for (int64_t kw = 0; kw < g.KW; ++kw) {
+              const int64_t iw = ow * g.SW - g.PW + kw * g.DW;
+              if (iw < 0 || iw >= g.W) continue;
+              const scalar_t* xp = x + offsets[2 * k] + iw * xs.w;
+              acc_t* ap = acc + (offsets[2 * k + 1] + kw) * g.O;
+#pragma omp simd
+              for (int64_t o = c_begin; o < g.O; ++o)
+                ap[o] += static_cast<acc_t>(dyp[o]) * static_cast<acc_t>(xp[o]);
+            }
+        };
+        int64_t ow = 0;
+        for (; ow < first; ++ow) one_pixel(ow, 0);
+        for (; ow + TW <= last; ow += TW) {
+          for (int64_t block = 0; block < blocks; ++block) {
+            const int64_t c0 = block * CB;
+            acc_t d[TW][CB];
+            for (int64_t i = 0; i < TW; ++i)
+#pragma omp simd
+              for (int64_t j = 0; j < CB; ++j)
+                d[i][j] = static_cast<acc_t>(dyrow[(ow + i) * dys.w + c0 + j]);
+            for (int64_t i = 0; i < TW; ++i)
+#pragma omp simd
+              for (int64_t j = 0; j < CB; ++j) bias_acc[c0 + j] += d[i][j];
+            for (int64_t k = 0; k < nrows; ++k) {
+              for (int64_t kw = 0; kw < g.KW; ++kw) {
+                const scalar_t* xp = x + offsets[2 * k] + (ow * g.SW - g.PW + kw * g.DW) * xs.w + c0;
+                acc_t sum[CB] = {};
+                for (int64_t i = 0; i < TW; ++i)
+#pragma omp simd
+                  for (int64_t j = 0; j < CB; ++j)
+                    sum[j] += d[i][j] * static_cast<acc_t>(xp[i * g.SW * xs.w + j]);
+                acc_t* ap = acc + (offsets[2 * k + 1] + kw) * g.O + c0;
+#pragma omp simd
+                for (int64_t j = 0; j < CB; ++j) ap[j] += sum[j];
+              }
+            }
+          }
+          for (int64_t i = 0; i < TW; ++i) one_pixel(ow + i, blocks * CB);  // the channel tail
+        }
+        for (; ow < g.OW; ++ow) one_pixel(ow, 0);
       }
-      acc_t* out = partial.data() + (chunk * blocks + block) * (taps + 1) * CB;
-      for (int64_t t = 0; t < nt; ++t)
-        for (int64_t j = 0; j < CB; ++j) out[(t0 + t) * CB + j] = acc[t][j];
-      if (t0 == 0)
-        for (int64_t j = 0; j < CB; ++j) out[taps * CB + j] = acc[kMaxTaps][j];
     }
   });
   for (int64_t o = 0; o < g.O; ++o) {
-    const int64_t block = o / CB, j = o % CB;
     for (int64_t t = 0; t <= taps; ++t) {
       acc_t sum = 0;
-      for (int64_t chunk = 0; chunk < chunks; ++chunk)
-        sum += partial[((chunk * blocks + block) * (taps + 1) + t) * CB + j];
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[chunk * stride + t * g.O + o];
       if (t < taps && dw) dw[o * taps + t] = static_cast<scalar_t>(sum);
       if (t == taps && db) db[o] = static_cast<scalar_t>(sum);
     }
@@ -634,12 +659,20 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor
     scalar_t* dwp = dw.defined() ? dw.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* dbp = db.defined() ? db.mutable_data_ptr<scalar_t>() : nullptr;
     if (channels_inner(x)) {
-      const bool unit_stride = g.SD == 1 && g.SH == 1 && g.SW == 1;
-      if (dx.defined() && unit_stride && g.M == 1)
-        input_grad_channels_inner_tiled<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy),
-                                                  w.const_data_ptr<scalar_t>(),
-                                                  dx.mutable_data_ptr<scalar_t>(), Strides(dx), g);
-      else if (dx.defined())
+      if (dx.defined() && g.M == 1 && g.SD == 1 && g.SH == 1 && g.SW == 1) {
+        // dx[i] = sum_k dy[i + P - k * D] * w[k]: a stride-1 forward over dy with the kernel
+        // flipped and the padding (K - 1) * D - P, which yields exactly the input's size
+        const at::Tensor flipped = w.flip({2, 3, 4}).contiguous();
+        Geometry t = g;
+        t.D = g.OD; t.H = g.OH; t.W = g.OW;
+        t.OD = g.D; t.OH = g.H; t.OW = g.W;
+        t.PD = (g.KD - 1) * g.DD - g.PD;
+        t.PH = (g.KH - 1) * g.DH - g.PH;
+        t.PW = (g.KW - 1) * g.DW - g.PW;
+        forward_channels_inner_tiled<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy),
+                                               flipped.const_data_ptr<scalar_t>(), nullptr,
+                                               dx.mutable_data_ptr<scalar_t>(), Strides(dx), t);
+      } else if (dx.defined())
         input_grad_channels_inner<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy), w.const_data_ptr<scalar_t>(),
                                             dx.mutable_data_ptr<scalar_t>(), Strides(dx), g);
       if ((dwp || dbp) && g.M == 1)
