@@ -152,7 +152,7 @@ def test_report_writes_the_tables_beside_the_results_and_a_summary_into_the_read
     text = readme.read_text()
     assert "stale table" not in text and text.startswith("# title\n") and text.endswith("tail\n")
     assert "(benchmarks/results/README.md)" in text
-    assert "| mobilenet_v1 | float32 | contiguous | 2 x 32 |" in text
+    assert "| cpu-run | mobilenet_v1 | float32 | contiguous | 2 x 32 |" in text
     assert "Per layer" not in text  # the long tables stay out of the README
     tables = (root / "README.md").read_text()
     assert "## `cpu-run`" in tables and "machine: " in tables

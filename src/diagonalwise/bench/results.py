@@ -206,7 +206,8 @@ class BenchResult:
                     and r.status == "ok"]
             model_rows = [r for r in self.models if r.model == model and r.status == "ok"]
             figure, (speed, limit, step) = plt.subplots(
-                3, 1, figsize=(12, 11), gridspec_kw={"height_ratios": [3, 3, 1]})
+                3, 1, figsize=(14, 11), gridspec_kw={"height_ratios": [3, 3, 1]},
+                layout="constrained")
             keys = list(dict.fromkeys(r.key for r in rows))
             algorithms = sorted({r.algorithm for r in rows},
                                 key=lambda a: (not a.startswith("native"),
@@ -226,12 +227,12 @@ class BenchResult:
             limit.set_ylabel("% of copy bandwidth (fwd+bwd)")
             labels = [next(f"{r.layer} {r.dtype} {r.layout}\n{r.input_shape}" for r in rows
                            if r.key == key) for key in keys]
-            for axis in (speed, limit):
-                axis.set_xticks([p + 0.4 - width / 2 for p in range(len(keys))],
-                                labels if axis is limit else [""] * len(keys), rotation=60,
-                                fontsize=6, ha="right")
-            if algorithms:
-                speed.legend(fontsize=7, ncol=4)
+            ticks = [p + 0.4 - width / 2 for p in range(len(keys))]
+            speed.set_xticks(ticks, [])
+            limit.set_xticks(ticks, labels, rotation=60, fontsize=6, ha="right")
+            if algorithms:  # beside the plots, where it hides no bar
+                speed.legend(fontsize=7, ncol=1 + len(algorithms) // 16, loc="upper left",
+                             bbox_to_anchor=(1.01, 1.0))
             title = f"{model}: per layer, against native and against the memory limit\n{self.machine()}"
             speed.set_title(title + (f"\n{self.warning()}" if self.warning() else ""), fontsize=9)
             if model_rows:
@@ -241,7 +242,6 @@ class BenchResult:
                 step.set_xlabel("training-step speedup over native")
             else:
                 step.set_axis_off()
-            figure.tight_layout()
             path = directory / f"speedup-{model}.png"
             figure.savefig(path, dpi=110)
             plt.close(figure)
