@@ -109,6 +109,33 @@ template <typename acc_t>
 constexpr int64_t channel_block() { return 64 / sizeof(acc_t); }
 constexpr int64_t kPixelTile = 8;
 
+// The output columns [first, last) whose every tap falls inside the input row: the interior,
+// where the tiled loops need no bounds checks.
+inline void interior_columns(const Geometry& g, int64_t& first, int64_t& last) {
+  first = std::min(g.OW, (g.PW + g.SW - 1) / g.SW);
+  last = g.W - 1 + g.PW - (g.KW - 1) * g.DW;
+  last = last < 0 ? 0 : std::max(first, std::min(g.OW, last / g.SW + 1));
+}
+
+// For output row (n, od, oh): the input rows (kd, kh) inside the input, as pairs (element offset
+// of the row in x, index of its first tap); returns how many.
+inline int64_t input_rows(const Geometry& g, const Strides& xs, int64_t n, int64_t od,
+                          int64_t oh, int64_t* offsets) {
+  int64_t count = 0;
+  for (int64_t kd = 0; kd < g.KD; ++kd) {
+    const int64_t id = od * g.SD - g.PD + kd * g.DD;
+    if (id < 0 || id >= g.D) continue;
+    for (int64_t kh = 0; kh < g.KH; ++kh) {
+      const int64_t ih = oh * g.SH - g.PH + kh * g.DH;
+      if (ih < 0 || ih >= g.H) continue;
+      offsets[2 * count] = n * xs.n + id * xs.d + ih * xs.h;
+      offsets[2 * count + 1] = (kd * g.KH + kh) * g.KW;
+      ++count;
+    }
+  }
+  return count;
+}
+
 // One tile of TW consecutive output pixels x CB channels, every tap valid for every pixel of
 // the tile (an interior tile): the compile-time sizes keep the accumulators in registers.
 template <typename scalar_t, typename acc_t, int64_t TW, int64_t CB>
@@ -149,27 +176,15 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
     if (b) bias[o] = static_cast<acc_t>(b[o]);
   }
   // output columns whose taps all fall inside the input: [first, last)
-  const int64_t first = std::min(g.OW, (g.PW + g.SW - 1) / g.SW);
-  int64_t last = g.W - 1 + g.PW - (g.KW - 1) * g.DW;
-  last = last < 0 ? 0 : std::max(first, std::min(g.OW, last / g.SW + 1));
+  int64_t first, last;
+  interior_columns(g, first, last);
   const int64_t rows = g.N * g.OD * g.OH, blocks = g.O / CB;
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(g.O);
     std::vector<int64_t> offsets(2 * g.KD * g.KH);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (g.OD * g.OH), od = (r / g.OH) % g.OD, oh = r % g.OH;
-      int64_t nrows = 0;  // the valid (kd, kh) input rows: their offset and first tap
-      for (int64_t kd = 0; kd < g.KD; ++kd) {
-        const int64_t id = od * g.SD - g.PD + kd * g.DD;
-        if (id < 0 || id >= g.D) continue;
-        for (int64_t kh = 0; kh < g.KH; ++kh) {
-          const int64_t ih = oh * g.SH - g.PH + kh * g.DH;
-          if (ih < 0 || ih >= g.H) continue;
-          offsets[2 * nrows] = n * xs.n + id * xs.d + ih * xs.h;
-          offsets[2 * nrows + 1] = (kd * g.KH + kh) * g.KW;
-          ++nrows;
-        }
-      }
+      const int64_t nrows = input_rows(g, xs, n, od, oh, offsets.data());
       scalar_t* yrow = y + n * ys.n + od * ys.d + oh * ys.h;
       int64_t ow = 0;
       auto one_pixel = [&](int64_t ow) {
@@ -355,9 +370,8 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
   constexpr int64_t CB = channel_block<acc_t>(), TW = kPixelTile;
   const int64_t rows = g.N * g.OD * g.OH, blocks = g.O / CB, taps = g.taps();
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows, at::get_num_threads()));
-  const int64_t first = std::min(g.OW, (g.PW + g.SW - 1) / g.SW);
-  int64_t last = g.W - 1 + g.PW - (g.KW - 1) * g.DW;
-  last = last < 0 ? 0 : std::max(first, std::min(g.OW, last / g.SW + 1));
+  int64_t first, last;
+  interior_columns(g, first, last);
   const int64_t stride = (taps + 1) * g.O;  // per chunk: [tap][channel], then the bias
   std::vector<acc_t> partial(chunks * stride, acc_t(0));
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
@@ -367,18 +381,7 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
       acc_t* bias_acc = acc + taps * g.O;
       for (int64_t r = chunk * rows / chunks; r < (chunk + 1) * rows / chunks; ++r) {
         const int64_t n = r / (g.OD * g.OH), od = (r / g.OH) % g.OD, oh = r % g.OH;
-        int64_t nrows = 0;
-        for (int64_t kd = 0; kd < g.KD; ++kd) {
-          const int64_t id = od * g.SD - g.PD + kd * g.DD;
-          if (id < 0 || id >= g.D) continue;
-          for (int64_t kh = 0; kh < g.KH; ++kh) {
-            const int64_t ih = oh * g.SH - g.PH + kh * g.DH;
-            if (ih < 0 || ih >= g.H) continue;
-            offsets[2 * nrows] = n * xs.n + id * xs.d + ih * xs.h;
-            offsets[2 * nrows + 1] = (kd * g.KH + kh) * g.KW;
-            ++nrows;
-          }
-        }
+        const int64_t nrows = input_rows(g, xs, n, od, oh, offsets.data());
         const scalar_t* dyrow = dy + n * dys.n + od * dys.d + oh * dys.h;
         auto one_pixel = [&](int64_t ow, int64_t c_begin) {
           const scalar_t* dyp = dyrow + ow * dys.w;
