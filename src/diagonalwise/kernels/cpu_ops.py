@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import platform
 from pathlib import Path
@@ -52,7 +53,14 @@ def build_directory() -> Path:
 @functools.cache
 def _load():
     """The compiled extension, or the reason it cannot be had (an exception's text)."""
-    from torch.utils.cpp_extension import load
+    # torch's extension builder logs a CUDA warning on import that says nothing about a CPU build
+    builder_log = logging.getLogger("torch.utils.cpp_extension")
+    level = builder_log.level
+    builder_log.setLevel(logging.ERROR)
+    try:
+        from torch.utils.cpp_extension import load
+    finally:
+        builder_log.setLevel(level)
 
     directory = build_directory()
     try:
