@@ -178,3 +178,36 @@ def test_without_a_compiler_the_algorithm_is_unavailable_and_nothing_else_breaks
     plan = dw.tune(model, torch.randn(2, 8, 6, 6), cache=False,
                    timer=lambda call, algorithm, device: 1.0)
     assert plan.summary() == {"native": 1}
+
+
+@pytest.mark.parametrize("wanted", ["input", "weight", "bias", "input+bias"])
+def test_only_the_gradients_asked_for(wanted):
+    operands = make_operands(2, 2, 8, 1, 1, (3, 3), (7, 7), True)
+    leaves = [t.detach().clone().requires_grad_(name in wanted)
+              for t, name in zip(operands, ("input", "weight", "bias"))]
+    reference = [t.detach().clone().requires_grad_(t.requires_grad) for t in leaves]
+    grad = torch.randn(2, 8, 7, 7, dtype=torch.float64)
+    dw.conv2d(*leaves, 1, 1, 1, 8, algorithm="cpu_direct").backward(grad)
+    torch.nn.functional.conv2d(*reference, 1, 1, 1, 8).backward(grad)
+    for got, want in zip(leaves, reference):
+        assert (got.grad is None) == (want.grad is None)
+        if want.grad is not None:
+            torch.testing.assert_close(got.grad, want.grad, **TOLERANCES[torch.float64])
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_an_empty_batch_and_an_expanded_output_gradient(layout):
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    weight = torch.randn(8, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    empty = torch.randn(0, 8, 5, 5, dtype=torch.float64).contiguous(memory_format=fmt)
+    output = dw.conv2d(empty.requires_grad_(), weight, None, 1, 1, 1, 8, algorithm="cpu_direct")
+    output.sum().backward()
+    assert output.shape == (0, 8, 5, 5) and torch.equal(weight.grad, torch.zeros_like(weight))
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64).contiguous(memory_format=fmt)
+    assert_matches_native(2, x, weight.detach(), None, 1, 1, 1, 8, algorithm="cpu_direct")
+    ours = x.clone().requires_grad_()
+    reference = x.clone().requires_grad_()
+    ones = torch.ones(1, 1, 1, 1, dtype=torch.float64).expand(2, 8, 5, 5)  # stride-0 gradient
+    dw.conv2d(ours, weight.detach(), None, 1, 1, 1, 8, algorithm="cpu_direct").backward(ones)
+    torch.nn.functional.conv2d(reference, weight.detach(), None, 1, 1, 1, 8).backward(ones)
+    torch.testing.assert_close(ours.grad, reference.grad, **TOLERANCES[torch.float64])

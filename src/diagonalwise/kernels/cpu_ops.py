@@ -110,19 +110,18 @@ def _depthwise3d_backward(grad_output: torch.Tensor, x: torch.Tensor, weight: to
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dx, dw, db = _extension().backward(grad_output, x, weight, stride, padding, dilation,
                                        input_grad, weight_grad, bias_grad)
-    # the op returns tensors always; the ones not asked for are empty
-    empty = x.new_empty(0)
-    return (dx if input_grad else empty, dw if weight_grad else empty,
-            db if bias_grad else empty)
+    # the op returns three tensors always; the ones not asked for are empty (and distinct: the
+    # outputs of a custom op may not alias each other)
+    return (dx if input_grad else x.new_empty(0), dw if weight_grad else x.new_empty(0),
+            db if bias_grad else x.new_empty(0))
 
 
 @_depthwise3d_backward.register_fake
 def _(grad_output, x, weight, stride, padding, dilation, input_grad, weight_grad, bias_grad):
-    empty = x.new_empty(0)
-    return (torch.empty_like(x, memory_format=_output_format(x)) if input_grad else empty,
+    return (torch.empty_like(x, memory_format=_output_format(x)) if input_grad else x.new_empty(0),
             torch.empty_like(weight, memory_format=torch.contiguous_format) if weight_grad
-            else empty,
-            x.new_empty(weight.shape[0]) if bias_grad else empty)
+            else x.new_empty(0),
+            x.new_empty(weight.shape[0]) if bias_grad else x.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):
