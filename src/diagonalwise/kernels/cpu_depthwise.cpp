@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -136,22 +137,38 @@ inline int64_t input_rows(const Geometry& g, const Strides& xs, int64_t n, int64
   return count;
 }
 
+// bfloat16/half: the valid input rows of an output row (see input_rows) converted to acc_t once,
+// into `out` (W x C per row, dense), with the offsets rewritten to point into it.
+template <typename scalar_t, typename acc_t>
+void convert_rows(const scalar_t* x, const Strides& xs, const Geometry& g, int64_t nrows,
+                  int64_t* offsets, acc_t* out) {
+  for (int64_t k = 0; k < nrows; ++k) {
+    acc_t* row = out + k * g.W * g.C;
+    for (int64_t iw = 0; iw < g.W; ++iw) {
+      const scalar_t* in = x + offsets[2 * k] + iw * xs.w;
+#pragma omp simd
+      for (int64_t c = 0; c < g.C; ++c) row[iw * g.C + c] = static_cast<acc_t>(in[c]);
+    }
+    offsets[2 * k] = k * g.W * g.C;
+  }
+}
+
 // One tile of TW consecutive output pixels x CB channels, every tap valid for every pixel of
 // the tile (an interior tile): the compile-time sizes keep the accumulators in registers.
-template <typename scalar_t, typename acc_t, int64_t TW, int64_t CB>
-inline void forward_tile(const scalar_t* xrow0, int64_t xsw, const acc_t* wt, int64_t wt_step,
-                         const acc_t* bias, scalar_t* yp, int64_t ysw, const Geometry& g,
+template <typename in_t, typename out_t, typename acc_t, int64_t TW, int64_t CB>
+inline void forward_tile(const in_t* xrow0, int64_t xsw, const acc_t* wt, int64_t wt_step,
+                         const acc_t* bias, out_t* yp, int64_t ysw, const Geometry& g,
                          int64_t iw0, const int64_t* row_offsets, int64_t nrows) {
   acc_t acc[TW][CB];
   for (int64_t i = 0; i < TW; ++i)
 #pragma omp simd
     for (int64_t j = 0; j < CB; ++j) acc[i][j] = bias[j];
   for (int64_t r = 0; r < nrows; ++r) {
-    const scalar_t* xrow = xrow0 + row_offsets[2 * r];
+    const in_t* xrow = xrow0 + row_offsets[2 * r];
     const acc_t* wrow = wt + row_offsets[2 * r + 1] * wt_step;
     for (int64_t kw = 0; kw < g.KW; ++kw) {
       const acc_t* wv = wrow + kw * wt_step;
-      const scalar_t* xp = xrow + (iw0 + kw * g.DW) * xsw;
+      const in_t* xp = xrow + (iw0 + kw * g.DW) * xsw;
       for (int64_t i = 0; i < TW; ++i)
 #pragma omp simd
         for (int64_t j = 0; j < CB; ++j)
@@ -160,7 +177,7 @@ inline void forward_tile(const scalar_t* xrow0, int64_t xsw, const acc_t* wt, in
   }
   for (int64_t i = 0; i < TW; ++i)
 #pragma omp simd
-    for (int64_t j = 0; j < CB; ++j) yp[i * ysw + j] = static_cast<scalar_t>(acc[i][j]);
+    for (int64_t j = 0; j < CB; ++j) yp[i * ysw + j] = static_cast<out_t>(acc[i][j]);
 }
 
 // Forward, channels innermost, multiplier 1: per (output row, block of CB channels), interior
@@ -182,47 +199,59 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(g.O);
     std::vector<int64_t> offsets(2 * g.KD * g.KH);
+    // bfloat16/half: the row's input rows converted to acc_t once, not once per tap and pixel
+    std::vector<acc_t> converted(std::is_same_v<scalar_t, acc_t> ? 0 : g.KD * g.KH * g.W * g.C);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (g.OD * g.OH), od = (r / g.OH) % g.OD, oh = r % g.OH;
       const int64_t nrows = input_rows(g, xs, n, od, oh, offsets.data());
       scalar_t* yrow = y + n * ys.n + od * ys.d + oh * ys.h;
-      int64_t ow = 0;
-      auto one_pixel = [&](int64_t ow) {
-        for (int64_t o = 0; o < g.O; ++o) acc[o] = bias[o];
-        for (int64_t k = 0; k < nrows; ++k) {
-          for (int64_t kw = 0; kw < g.KW; ++kw) {
-            const int64_t iw = ow * g.SW - g.PW + kw * g.DW;
-            if (iw < 0 || iw >= g.W) continue;
-            const scalar_t* xp = x + offsets[2 * k] + iw * xs.w;
-            const acc_t* wp = wt.data() + (offsets[2 * k + 1] + kw) * g.O;
+      auto row = [&](const auto* x, int64_t xsw) {
+        using in_t = std::remove_const_t<std::remove_pointer_t<decltype(x)>>;
+        int64_t ow = 0;
+        auto one_pixel = [&](int64_t ow) {
+          for (int64_t o = 0; o < g.O; ++o) acc[o] = bias[o];
+          for (int64_t k = 0; k < nrows; ++k) {
+            for (int64_t kw = 0; kw < g.KW; ++kw) {
+              const int64_t iw = ow * g.SW - g.PW + kw * g.DW;
+              if (iw < 0 || iw >= g.W) continue;
+              const in_t* xp = x + offsets[2 * k] + iw * xsw;
+              const acc_t* wp = wt.data() + (offsets[2 * k + 1] + kw) * g.O;
 #pragma omp simd
-            for (int64_t o = 0; o < g.O; ++o) acc[o] += static_cast<acc_t>(xp[o]) * wp[o];
+              for (int64_t o = 0; o < g.O; ++o) acc[o] += static_cast<acc_t>(xp[o]) * wp[o];
+            }
+          }
+          scalar_t* yp = yrow + ow * ys.w;
+#pragma omp simd
+          for (int64_t o = 0; o < g.O; ++o) yp[o] = static_cast<scalar_t>(acc[o]);
+        };
+        for (; ow < first; ++ow) one_pixel(ow);
+        for (; ow + TW <= last; ow += TW) {
+          for (int64_t block = 0; block < blocks; ++block) {
+            const int64_t c0 = block * CB;
+            forward_tile<in_t, scalar_t, acc_t, TW, CB>(x + c0, xsw, wt.data() + c0, g.O, bias.data() + c0,
+                                                        yrow + ow * ys.w + c0, ys.w, g,
+                                                        ow * g.SW - g.PW, offsets.data(), nrows);
+          }
+          for (int64_t o = blocks * CB; o < g.O; ++o) {  // the channel tail
+            for (int64_t i = 0; i < TW; ++i) {
+              acc_t a = bias[o];
+              for (int64_t k = 0; k < nrows; ++k)
+                for (int64_t kw = 0; kw < g.KW; ++kw)
+                  a += static_cast<acc_t>(
+                           x[offsets[2 * k] + ((ow + i) * g.SW - g.PW + kw * g.DW) * xsw + o]) *
+                       wt[(offsets[2 * k + 1] + kw) * g.O + o];
+              yrow[(ow + i) * ys.w + o] = static_cast<scalar_t>(a);
+            }
           }
         }
-        scalar_t* yp = yrow + ow * ys.w;
-#pragma omp simd
-        for (int64_t o = 0; o < g.O; ++o) yp[o] = static_cast<scalar_t>(acc[o]);
+        for (; ow < g.OW; ++ow) one_pixel(ow);
       };
-      for (; ow < first; ++ow) one_pixel(ow);
-      for (; ow + TW <= last; ow += TW) {
-        for (int64_t block = 0; block < blocks; ++block) {
-          const int64_t c0 = block * CB;
-          forward_tile<scalar_t, acc_t, TW, CB>(x + c0, xs.w, wt.data() + c0, g.O,
-                                                bias.data() + c0, yrow + ow * ys.w + c0, ys.w, g,
-                                                ow * g.SW - g.PW, offsets.data(), nrows);
-        }
-        for (int64_t o = blocks * CB; o < g.O; ++o) {  // the channel tail
-          for (int64_t i = 0; i < TW; ++i) {
-            acc_t a = bias[o];
-            for (int64_t k = 0; k < nrows; ++k)
-              for (int64_t kw = 0; kw < g.KW; ++kw)
-                a += static_cast<acc_t>(x[offsets[2 * k] + ((ow + i) * g.SW - g.PW + kw * g.DW) * xs.w + o]) *
-                     wt[(offsets[2 * k + 1] + kw) * g.O + o];
-            yrow[(ow + i) * ys.w + o] = static_cast<scalar_t>(a);
-          }
-        }
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        row(x, xs.w);
+      } else {
+        convert_rows(x, xs, g, nrows, offsets.data(), converted.data());
+        row(static_cast<const acc_t*>(converted.data()), g.C);
       }
-      for (; ow < g.OW; ++ow) one_pixel(ow);
     }
   });
 }
@@ -376,57 +405,73 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
   std::vector<acc_t> partial(chunks * stride, acc_t(0));
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(2 * g.KD * g.KH);
+    std::vector<acc_t> converted(
+        std::is_same_v<scalar_t, acc_t> ? 0 : g.KD * g.KH * g.W * g.C + g.OW * g.O);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       acc_t* acc = partial.data() + chunk * stride;
       acc_t* bias_acc = acc + taps * g.O;
       for (int64_t r = chunk * rows / chunks; r < (chunk + 1) * rows / chunks; ++r) {
         const int64_t n = r / (g.OD * g.OH), od = (r / g.OH) % g.OD, oh = r % g.OH;
         const int64_t nrows = input_rows(g, xs, n, od, oh, offsets.data());
-        const scalar_t* dyrow = dy + n * dys.n + od * dys.d + oh * dys.h;
-        auto one_pixel = [&](int64_t ow, int64_t c_begin) {
-          const scalar_t* dyp = dyrow + ow * dys.w;
-          for (int64_t o = c_begin; o < g.O; ++o) bias_acc[o] += static_cast<acc_t>(dyp[o]);
-          for (int64_t k = 0; k < nrows; ++k)
-            for (int64_t kw = 0; kw < g.KW; ++kw) {
-              const int64_t iw = ow * g.SW - g.PW + kw * g.DW;
-              if (iw < 0 || iw >= g.W) continue;
-              const scalar_t* xp = x + offsets[2 * k] + iw * xs.w;
-              acc_t* ap = acc + (offsets[2 * k + 1] + kw) * g.O;
-#pragma omp simd
-              for (int64_t o = c_begin; o < g.O; ++o)
-                ap[o] += static_cast<acc_t>(dyp[o]) * static_cast<acc_t>(xp[o]);
-            }
-        };
-        int64_t ow = 0;
-        for (; ow < first; ++ow) one_pixel(ow, 0);
-        for (; ow + TW <= last; ow += TW) {
-          for (int64_t block = 0; block < blocks; ++block) {
-            const int64_t c0 = block * CB;
-            acc_t d[TW][CB];
-            for (int64_t i = 0; i < TW; ++i)
-#pragma omp simd
-              for (int64_t j = 0; j < CB; ++j)
-                d[i][j] = static_cast<acc_t>(dyrow[(ow + i) * dys.w + c0 + j]);
-            for (int64_t i = 0; i < TW; ++i)
-#pragma omp simd
-              for (int64_t j = 0; j < CB; ++j) bias_acc[c0 + j] += d[i][j];
-            for (int64_t k = 0; k < nrows; ++k) {
+        auto row = [&](const auto* x, int64_t xsw, const auto* dyrow, int64_t dysw) {
+          auto one_pixel = [&](int64_t ow, int64_t c_begin) {
+            const auto* dyp = dyrow + ow * dysw;
+            for (int64_t o = c_begin; o < g.O; ++o) bias_acc[o] += static_cast<acc_t>(dyp[o]);
+            for (int64_t k = 0; k < nrows; ++k)
               for (int64_t kw = 0; kw < g.KW; ++kw) {
-                const scalar_t* xp = x + offsets[2 * k] + (ow * g.SW - g.PW + kw * g.DW) * xs.w + c0;
-                acc_t sum[CB] = {};
-                for (int64_t i = 0; i < TW; ++i)
+                const int64_t iw = ow * g.SW - g.PW + kw * g.DW;
+                if (iw < 0 || iw >= g.W) continue;
+                const auto* xp = x + offsets[2 * k] + iw * xsw;
+                acc_t* ap = acc + (offsets[2 * k + 1] + kw) * g.O;
 #pragma omp simd
-                  for (int64_t j = 0; j < CB; ++j)
-                    sum[j] += d[i][j] * static_cast<acc_t>(xp[i * g.SW * xs.w + j]);
-                acc_t* ap = acc + (offsets[2 * k + 1] + kw) * g.O + c0;
+                for (int64_t o = c_begin; o < g.O; ++o)
+                  ap[o] += static_cast<acc_t>(dyp[o]) * static_cast<acc_t>(xp[o]);
+              }
+          };
+          int64_t ow = 0;
+          for (; ow < first; ++ow) one_pixel(ow, 0);
+          for (; ow + TW <= last; ow += TW) {
+            for (int64_t block = 0; block < blocks; ++block) {
+              const int64_t c0 = block * CB;
+              acc_t d[TW][CB];
+              for (int64_t i = 0; i < TW; ++i)
 #pragma omp simd
-                for (int64_t j = 0; j < CB; ++j) ap[j] += sum[j];
+                for (int64_t j = 0; j < CB; ++j)
+                  d[i][j] = static_cast<acc_t>(dyrow[(ow + i) * dysw + c0 + j]);
+              for (int64_t i = 0; i < TW; ++i)
+#pragma omp simd
+                for (int64_t j = 0; j < CB; ++j) bias_acc[c0 + j] += d[i][j];
+              for (int64_t k = 0; k < nrows; ++k) {
+                for (int64_t kw = 0; kw < g.KW; ++kw) {
+                  const auto* xp = x + offsets[2 * k] + (ow * g.SW - g.PW + kw * g.DW) * xsw + c0;
+                  acc_t sum[CB] = {};
+                  for (int64_t i = 0; i < TW; ++i)
+#pragma omp simd
+                    for (int64_t j = 0; j < CB; ++j)
+                      sum[j] += d[i][j] * static_cast<acc_t>(xp[i * g.SW * xsw + j]);
+                  acc_t* ap = acc + (offsets[2 * k + 1] + kw) * g.O + c0;
+#pragma omp simd
+                  for (int64_t j = 0; j < CB; ++j) ap[j] += sum[j];
+                }
               }
             }
+            for (int64_t i = 0; i < TW; ++i) one_pixel(ow + i, blocks * CB);  // the channel tail
           }
-          for (int64_t i = 0; i < TW; ++i) one_pixel(ow + i, blocks * CB);  // the channel tail
+          for (; ow < g.OW; ++ow) one_pixel(ow, 0);
+        };
+        const scalar_t* dyrow = dy + n * dys.n + od * dys.d + oh * dys.h;
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          row(x, xs.w, dyrow, dys.w);
+        } else {  // bfloat16/half: convert the rows once, not once per tap
+          convert_rows(x, xs, g, nrows, offsets.data(), converted.data());
+          acc_t* dy_converted = converted.data() + g.KD * g.KH * g.W * g.C;
+          for (int64_t ow = 0; ow < g.OW; ++ow)
+#pragma omp simd
+            for (int64_t o = 0; o < g.O; ++o)
+              dy_converted[ow * g.O + o] = static_cast<acc_t>(dyrow[ow * dys.w + o]);
+          row(static_cast<const acc_t*>(converted.data()), g.C,
+              static_cast<const acc_t*>(dy_converted), g.O);
         }
-        for (; ow < g.OW; ++ow) one_pixel(ow, 0);
       }
     }
   });

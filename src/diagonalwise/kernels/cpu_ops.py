@@ -69,7 +69,9 @@ def _load():
                     extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
                     build_directory=str(directory), verbose=False)
     except Exception as error:  # a missing compiler or ninja, a failed build: all unavailable
-        return f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error) else ''}"
+        lines = str(error).strip().splitlines() or [""]
+        first_error = next((line for line in lines if "error" in line.lower()), lines[-1])
+        return f"{type(error).__name__}: {first_error.strip()}"
 
 
 def cpu_kernels_unavailable() -> str | None:
