@@ -212,3 +212,17 @@ def test_an_empty_batch_and_an_expanded_output_gradient(layout):
     dw.conv2d(ours, weight.detach(), None, 1, 1, 1, 8, algorithm="cpu_direct").backward(ones)
     torch.nn.functional.conv2d(reference, weight.detach(), None, 1, 1, 1, 8).backward(ones)
     torch.testing.assert_close(ours.grad, reference.grad, **TOLERANCES[torch.float64])
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_bfloat16_keeps_nan_and_inf_where_native_puts_them(layout):
+    """Our bfloat16 stores round on the raw bits; NaN and Inf must come out as native's do."""
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(2, 16, 9, 9).to(torch.bfloat16)
+    x[0, 3, 4, 4], x[1, 7, 0, 0] = float("nan"), float("inf")
+    x = x.contiguous(memory_format=fmt)
+    weight = torch.rand(16, 1, 3, 3).to(torch.bfloat16)  # positive: inf stays inf
+    ours = dw.conv2d(x, weight, None, 1, 1, 1, 16, algorithm="cpu_direct")
+    native = torch.nn.functional.conv2d(x, weight, None, 1, 1, 1, 16)
+    assert torch.equal(ours.isnan(), native.isnan()) and torch.equal(ours.isinf(), native.isinf())
+    assert ours.isnan().any() and ours.isinf().any()

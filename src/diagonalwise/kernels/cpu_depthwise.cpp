@@ -137,6 +137,34 @@ inline int64_t input_rows(const Geometry& g, const Strides& xs, int64_t n, int64
   return count;
 }
 
+// `count` elements to acc_t. bfloat16 is the top half of a float, so its conversion is a shift
+// of the raw bits, which the compiler vectorizes (c10's conversion operator it does not).
+template <typename scalar_t, typename acc_t>
+inline void convert_span(const scalar_t* in, acc_t* out, int64_t count) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+#pragma omp simd
+    for (int64_t i = 0; i < count; ++i)
+      out[i] = __builtin_bit_cast(float, static_cast<uint32_t>(in[i].x) << 16);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < count; ++i) out[i] = static_cast<acc_t>(in[i]);
+  }
+}
+
+// A float as out_t. For bfloat16: round to nearest even on the raw bits, NaN kept a (quiet)
+// NaN, which vectorizes where c10's converting constructor does not.
+template <typename out_t, typename acc_t>
+inline out_t from_acc(acc_t value) {
+  if constexpr (std::is_same_v<out_t, c10::BFloat16>) {
+    const uint32_t bits = __builtin_bit_cast(uint32_t, value);
+    const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    const bool nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
+    return c10::BFloat16(static_cast<uint16_t>(nan ? 0x7FC0u : rounded), c10::BFloat16::from_bits());
+  } else {
+    return static_cast<out_t>(value);
+  }
+}
+
 // bfloat16/half: the valid input rows of an output row (see input_rows) converted to acc_t once,
 // into `out` (W x C per row, dense), with the offsets rewritten to point into it.
 template <typename scalar_t, typename acc_t>
@@ -144,11 +172,8 @@ void convert_rows(const scalar_t* x, const Strides& xs, const Geometry& g, int64
                   int64_t* offsets, acc_t* out) {
   for (int64_t k = 0; k < nrows; ++k) {
     acc_t* row = out + k * g.W * g.C;
-    for (int64_t iw = 0; iw < g.W; ++iw) {
-      const scalar_t* in = x + offsets[2 * k] + iw * xs.w;
-#pragma omp simd
-      for (int64_t c = 0; c < g.C; ++c) row[iw * g.C + c] = static_cast<acc_t>(in[c]);
-    }
+    for (int64_t iw = 0; iw < g.W; ++iw)
+      convert_span(x + offsets[2 * k] + iw * xs.w, row + iw * g.C, g.C);
     offsets[2 * k] = k * g.W * g.C;
   }
 }
@@ -177,7 +202,7 @@ inline void forward_tile(const in_t* xrow0, int64_t xsw, const acc_t* wt, int64_
   }
   for (int64_t i = 0; i < TW; ++i)
 #pragma omp simd
-    for (int64_t j = 0; j < CB; ++j) yp[i * ysw + j] = static_cast<out_t>(acc[i][j]);
+    for (int64_t j = 0; j < CB; ++j) yp[i * ysw + j] = from_acc<out_t>(acc[i][j]);
 }
 
 // Forward, channels innermost, multiplier 1: per (output row, block of CB channels), interior
@@ -222,7 +247,7 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
           }
           scalar_t* yp = yrow + ow * ys.w;
 #pragma omp simd
-          for (int64_t o = 0; o < g.O; ++o) yp[o] = static_cast<scalar_t>(acc[o]);
+          for (int64_t o = 0; o < g.O; ++o) yp[o] = from_acc<scalar_t>(acc[o]);
         };
         for (; ow < first; ++ow) one_pixel(ow);
         for (; ow + TW <= last; ow += TW) {
@@ -240,7 +265,7 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
                   a += static_cast<acc_t>(
                            x[offsets[2 * k] + ((ow + i) * g.SW - g.PW + kw * g.DW) * xsw + o]) *
                        wt[(offsets[2 * k + 1] + kw) * g.O + o];
-              yrow[(ow + i) * ys.w + o] = static_cast<scalar_t>(a);
+              yrow[(ow + i) * ys.w + o] = from_acc<scalar_t>(a);
             }
           }
         }
@@ -294,7 +319,7 @@ void forward_channels_inner(const scalar_t* x, Strides xs, const scalar_t* w, co
         }
         scalar_t* yp = y + n * ys.n + od * ys.d + oh * ys.h + ow * ys.w;
 #pragma omp simd
-        for (int64_t o = 0; o < g.O; ++o) yp[o] = static_cast<scalar_t>(acc[o]);
+        for (int64_t o = 0; o < g.O; ++o) yp[o] = from_acc<scalar_t>(acc[o]);
       }
     }
   });
@@ -336,7 +361,7 @@ void forward_width_inner(const scalar_t* x, Strides xs, const scalar_t* w, const
         }
       }
       scalar_t* yp = y + n * ys.n + o * ys.c + od * ys.d + oh * ys.h;
-      for (int64_t ow = 0; ow < g.OW; ++ow) yp[ow * ys.w] = static_cast<scalar_t>(acc[ow]);
+      for (int64_t ow = 0; ow < g.OW; ++ow) yp[ow * ys.w] = from_acc<scalar_t>(acc[ow]);
     }
   });
 }
@@ -381,7 +406,7 @@ void input_grad_channels_inner(const scalar_t* dy, Strides dys, const scalar_t* 
         }
         scalar_t* dxp = dx + n * dxs.n + id * dxs.d + ih * dxs.h + iw * dxs.w;
 #pragma omp simd
-        for (int64_t c = 0; c < g.C; ++c) dxp[c] = static_cast<scalar_t>(acc[c]);
+        for (int64_t c = 0; c < g.C; ++c) dxp[c] = from_acc<scalar_t>(acc[c]);
       }
     }
   });
@@ -466,9 +491,7 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
           convert_rows(x, xs, g, nrows, offsets.data(), converted.data());
           acc_t* dy_converted = converted.data() + g.KD * g.KH * g.W * g.C;
           for (int64_t ow = 0; ow < g.OW; ++ow)
-#pragma omp simd
-            for (int64_t o = 0; o < g.O; ++o)
-              dy_converted[ow * g.O + o] = static_cast<acc_t>(dyrow[ow * dys.w + o]);
+            convert_span(dyrow + ow * dys.w, dy_converted + ow * g.O, g.O);
           row(static_cast<const acc_t*>(converted.data()), g.C,
               static_cast<const acc_t*>(dy_converted), g.O);
         }
@@ -593,7 +616,7 @@ void backward_width_inner(const scalar_t* dy, Strides dys, const scalar_t* x, St
                 }
               }
               scalar_t* dxr = dx + n * dxs.n + c * dxs.c + id * dxs.d + ih * dxs.h;
-              for (int64_t iw = 0; iw < g.W; ++iw) dxr[iw * dxs.w] = static_cast<scalar_t>(row[iw]);
+              for (int64_t iw = 0; iw < g.W; ++iw) dxr[iw * dxs.w] = from_acc<scalar_t>(row[iw]);
             }
           }
         }
