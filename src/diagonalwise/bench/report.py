@@ -47,10 +47,11 @@ def summary_markdown(results: list[tuple[Path, BenchResult]], results_root: Path
             rows.append([run, *group, f"{native.batch} x {native.size}",
                          number(native.median_ms, 1),
                          *(_speedup(variants[v]) if v in variants else "-" for v in ("paper", "tuned")),
-                         tuned.algorithms if tuned else "-"])
+                         tuned.algorithms if tuned else "-",
+                         "busy: unreliable" if result.warning() else ""])
             machines[machine] = None
     table = render_markdown(["run", "model", "dtype", "layout", "batch x size", "native step ms",
-                             "paper (32 ch/block)", "tuned", "tuned runs"], rows)
+                             "paper (32 ch/block)", "tuned", "tuned runs", "machine"], rows)
     return table + "\n\nMeasured on: " + "; ".join(machines) + "."
 
 

@@ -85,8 +85,9 @@ def is_noisy(row) -> bool:
 
 def assess_quality(rows: list, copy_start: float, copy_end: float, usual: float) -> dict:
     """Whether a run's timings can be trusted: the share of noisy timings, and the copy bandwidth
-    at its start and end against the best this machine has shown (``usual``). ``busy`` holds the
-    reason when they cannot, else None."""
+    at its start and end against this machine's usual (``usual``, see
+    :func:`diagonalwise.timing.usual_copy_bandwidth`). ``busy`` holds the reason when they
+    cannot, else None."""
     timed = [r for r in rows if r.median_ms is not None]
     noisy = sum(is_noisy(r) for r in timed)
     reasons = []
