@@ -177,7 +177,13 @@ class TritonDepthwise(Algorithm):
                 "the 'triton' algorithm needs an NVIDIA GPU with Triton (pip install triton), or "
                 "TRITON_INTERPRET=1 for Triton's CPU interpreter; use 'native' or a block size")
         output = triton_depthwise_conv(input, weight, bias, stride, padding, dilation)
-        return like_weight(output, weight) if output.dim() == weight.dim() else output
+        return _in_natives_layout(output, weight)
+
+
+def _in_natives_layout(output: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Our kernels give the input's layout; native gives channels_last also for a weight whose
+    strides suggest it (unbatched outputs have no such form)."""
+    return like_weight(output, weight) if output.dim() == weight.dim() else output
 
 
 def _check_depthwise(name: str, input: torch.Tensor, weight: torch.Tensor, groups: int) -> None:
@@ -208,7 +214,7 @@ class CpuDirect(Algorithm):
         if output.dim() == 5 and output.dtype == torch.float64:
             # PyTorch's float64 3D convolution on the CPU (slow_conv3d) returns contiguous always
             return output.contiguous()
-        return like_weight(output, weight) if output.dim() == weight.dim() else output
+        return _in_natives_layout(output, weight)
 
 
 Factory = Callable[[str | None], Algorithm]
@@ -235,6 +241,8 @@ def register_algorithm(family: str, factory: Factory, candidates: Candidates | N
     if not family or ":" in family:
         raise ValueError(f"an algorithm family name must be non-empty without ':', got {family!r}")
     _FAMILIES[family] = _Family(factory, candidates)
+
+
 def unregister_algorithm(family: str) -> None:
     """Remove a family registered with :func:`register_algorithm`."""
     if family not in _FAMILIES:

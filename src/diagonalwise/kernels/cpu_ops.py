@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..layout import memory_format_like
 from .lifting import depthwise_via_3d
 
 SOURCE = Path(__file__).with_name("cpu_depthwise.cpp")
@@ -88,10 +89,6 @@ def _extension():
     return extension
 
 
-def _output_format(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last_3d if x.stride(1) == 1 and x.shape[1] > 1 else torch.contiguous_format
-
-
 @torch.library.custom_op("diagonalwise::cpu_depthwise3d", mutates_args=())
 def _depthwise3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  stride: list[int], padding: list[int], dilation: list[int],
@@ -102,7 +99,7 @@ def _depthwise3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 @_depthwise3d.register_fake
 def _(x, weight, bias, stride, padding, dilation, output_size):
     return torch.empty((x.shape[0], weight.shape[0], *output_size), dtype=x.dtype,
-                       device=x.device, memory_format=_output_format(x))
+                       device=x.device, memory_format=memory_format_like(x))
 
 
 @torch.library.custom_op("diagonalwise::cpu_depthwise3d_backward", mutates_args=())
@@ -120,7 +117,7 @@ def _depthwise3d_backward(grad_output: torch.Tensor, x: torch.Tensor, weight: to
 
 @_depthwise3d_backward.register_fake
 def _(grad_output, x, weight, stride, padding, dilation, input_grad, weight_grad, bias_grad):
-    return (torch.empty_like(x, memory_format=_output_format(x)) if input_grad else x.new_empty(0),
+    return (torch.empty_like(x, memory_format=memory_format_like(x)) if input_grad else x.new_empty(0),
             torch.empty_like(weight, memory_format=torch.contiguous_format) if weight_grad
             else x.new_empty(0),
             x.new_empty(weight.shape[0]) if bias_grad else x.new_empty(0))
