@@ -4,6 +4,8 @@ every malformed file gets its file:line: key error."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -28,25 +30,9 @@ NETS = {
         lite=True, depthwise_type="DepthwiseConvolution"),
 }
 
-POOLING_AND_FRIENDS = """name: "edges"
-input: "data"
-input_dim: 1
-input_dim: 4
-input_dim: 15
-input_dim: 15
-layer { name: "max" type: "Pooling" bottom: "data" top: "max" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
-layer { name: "ave" type: "Pooling" bottom: "data" top: "ave" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
-layer { name: "conv" type: "Convolution" bottom: "ave" top: "conv" convolution_param { num_output: 4 kernel_h: 3 kernel_w: 1 pad_h: 1 pad_w: 0 dilation: 1 } }
-layer { name: "sum" type: "Eltwise" bottom: "max" bottom: "conv" top: "sum" eltwise_param { operation: SUM coeff: 0.5 coeff: -2 } }
-layer { name: "max2" type: "Eltwise" bottom: "max" bottom: "sum" top: "max2" eltwise_param { operation: MAX } }
-layer { name: "leaky" type: "ReLU" bottom: "max2" top: "max2" relu_param { negative_slope: 0.2 } }
-layer { name: "tanh" type: "TanH" bottom: "max2" top: "tanh" }
-layer { name: "cat" type: "Concat" bottom: "tanh" bottom: "max2" top: "cat" }
-layer { name: "floor" type: "Pooling" bottom: "cat" top: "floor" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
-layer { name: "flat" type: "Flatten" bottom: "floor" top: "flat" }
-layer { name: "drop" type: "Dropout" bottom: "flat" top: "flat" dropout_param { dropout_ratio: 0.3 } }
-layer { name: "fc" type: "InnerProduct" bottom: "flat" top: "fc" inner_product_param { num_output: 6 } }
-"""
+#: Caffe's rounding and padding edges: ceil-mode pooling, average pooling over padding,
+#: rectangular kernels, weighted sums, in-place layers
+EDGES = Path(__file__).with_name("edges.prototxt")
 
 
 def _write(tmp_path, name: str, text: str):
@@ -70,9 +56,9 @@ def _input(model, batch: int = 2, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, *model.input_shape, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("name", [*NETS, "pooling_and_friends"])
+@pytest.mark.parametrize("name", [*NETS, "edges"])
 def test_outputs_equal_opencv(tmp_path, name):
-    text = NETS[name]() if name in NETS else POOLING_AND_FRIENDS
+    text = NETS[name]() if name in NETS else EDGES.read_text()
     prototxt, caffemodel = _write(tmp_path, name, text)
     model = load_caffe(prototxt, caffemodel).eval()
     x = _input(model)
