@@ -31,8 +31,9 @@ _TORCH_API = {
 __all__ = sorted(_TORCH_API)
 
 #: submodules reachable as attributes (``dw.functional.conv_nd``) without importing them first
-_SUBMODULES = ("algorithms", "bench", "blocking", "call", "cli", "conversion", "errors", "functional",
-               "kernels", "layout", "modules", "reference", "shapes", "timing", "tuning")
+_SUBMODULES = ("algorithms", "bench", "blocking", "caffe", "call", "cli", "conversion", "darknet",
+               "errors", "functional", "kernels", "layout", "modules", "reference", "shapes", "timing",
+               "tuning")
 
 
 def __getattr__(name: str):

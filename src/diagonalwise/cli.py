@@ -113,6 +113,26 @@ def _common(parser: argparse.ArgumentParser, models: list[str], multi: bool = Tr
     parser.add_argument("--no-cache", action="store_true", help="tune without a cache")
 
 
+def _model_files(parser: argparse.ArgumentParser, multi: bool) -> None:
+    action = "append" if multi else "store"
+    group = parser.add_mutually_exclusive_group() if not multi else parser
+    group.add_argument("--darknet-cfg", action=action, type=Path, metavar="CFG",
+                       help="a Darknet network (.cfg) instead of --model")
+    group.add_argument("--caffe-prototxt", action=action, type=Path, metavar="PROTOTXT",
+                       help="a Caffe deploy network (.prototxt) instead of --model")
+
+
+def _model_file_names(args) -> list[str]:
+    """``darknet:PATH`` and ``caffe:PATH`` for the model files given on the command line."""
+    from .bench.model_files import CAFFE, DARKNET
+
+    def listed(value):
+        return [] if value is None else value if isinstance(value, list) else [value]
+
+    return [f"{DARKNET}{path}" for path in listed(args.darknet_cfg)] + \
+        [f"{CAFFE}{path}" for path in listed(args.caffe_prototxt)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="diagonalwise", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -128,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-block-channels", type=positive_int, default=256,
                        help="largest dense block, in input channels (default 256)")
     bench.add_argument("--output", type=Path, help="output directory (default out/bench-DATE)")
+    _model_files(bench, multi=True)
 
     tune = commands.add_parser("tune", help="autotune a model and write its plan")
     _common(tune, ["mobilenet_v1"], multi=False)
@@ -150,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "ImageFolder directory")
     train.add_argument("--epochs", type=positive_int, default=3)
     train.add_argument("--batch-size", type=positive_int, default=64)
-    train.add_argument("--size", type=positive_int, default=32, help="image side (default 32)")
+    train.add_argument("--size", type=positive_int,
+                       help="image side (default 32; a model file's own size)")
     train.add_argument("--width", type=positive_float, default=0.5,
                        help="MobileNet V1 width (default 0.5)")
     train.add_argument("--lr", type=positive_float, default=0.05)
@@ -160,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--limit", type=positive_int, help="use only this many training images")
     train.add_argument("--device", default="auto")
     train.add_argument("--output", type=Path, help="output directory (default out/train-DATE)")
+    _model_files(train, multi=False)
+    train.add_argument("--weights", type=Path, help="with --darknet-cfg or --caffe-prototxt: the "
+                       ".weights or .caffemodel to start from (the trained weights are written "
+                       "beside the results in the same format)")
     return parser
 
 
@@ -178,6 +204,7 @@ def _cache(args, env):
 
 
 def run_bench(args, command: list[str]) -> int:
+    from .bench.model_files import check_size, load_model_file
     from .bench.registry import MODELS
     from .bench.suite import BenchConfig, run_bench
 
@@ -185,7 +212,12 @@ def run_bench(args, command: list[str]) -> int:
     dtypes = args.dtype or ["float32"]
     for dtype in dtypes:
         check_dtype(dtype, device)
-    names = list(MODELS) if args.model and "all" in args.model else (args.model or ["mobilenet_v1"])
+    files = _model_file_names(args)
+    names = list(MODELS) if args.model and "all" in args.model else \
+        (args.model or ([] if files else ["mobilenet_v1"]))
+    names += files
+    for name in files:
+        check_size(name, load_model_file(name), args.size)
     config = BenchConfig(
         models=tuple(names), dtypes=tuple(dtypes), layouts=tuple(args.layout or ["contiguous"]),
         level=args.level, batch_size=args.batch_size, size=args.size, warmup=args.warmup,
@@ -259,9 +291,13 @@ def run_train(args, command: list[str]) -> int:
             block_size = positive_int(block_size)
         except argparse.ArgumentTypeError as error:
             raise UsageError(f"--block-size: {error} (or 'auto')") from None
-    config = TrainConfig(model=args.model, data=args.data, epochs=args.epochs,
+    files = _model_file_names(args)
+    if args.weights and not files:
+        raise UsageError("--weights goes with --darknet-cfg or --caffe-prototxt")
+    config = TrainConfig(model=files[0] if files else args.model, data=args.data, epochs=args.epochs,
                          batch_size=args.batch_size, size=args.size, width=args.width, lr=args.lr,
-                         dtype=args.dtype, block_size=block_size, limit=args.limit)
+                         dtype=args.dtype, block_size=block_size, limit=args.limit,
+                         weights=str(args.weights) if args.weights else None)
     check_writable(args.output, directory=True)
     return train_both(config, device, args.output, command)
 

@@ -16,6 +16,7 @@ LAYERS = [
     {"algorithms"},
     {"functional"},
     {"modules"},
+    {"darknet", "caffe"},  # model files read into PyTorch modules and written back
     {"conversion"},
     {"tuning"},
     {"bench"},

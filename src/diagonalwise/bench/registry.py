@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from .model_files import is_model_file, load_model_file, model_file_loss, output_classes
 from .models import CausalConvMixer, LargeKernelNet, MobileNetV1, X3DStyleNet
 
 
@@ -29,6 +30,8 @@ class ModelSpec:
     cpu_batch: int
     cpu_size: int
     description: str
+    #: the training loss on (model output, labels)
+    loss: Callable = nn.functional.cross_entropy
 
     def defaults(self, device: torch.device) -> tuple[int, int]:
         """(batch, size) for this device type."""
@@ -83,7 +86,19 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+def model_file_spec(name: str) -> ModelSpec:
+    """A ``darknet:FILE.cfg`` or ``caffe:FILE.prototxt`` network; its file fixes the input size."""
+    model = load_model_file(name)
+    channels, height, width = model.input_shape
+    return ModelSpec(name, lambda: load_model_file(name), lambda b, s: (b, channels, height, width),
+                     output_classes(model), 64, height, 16, height,
+                     f"{name} ({sum(p.numel() for p in model.parameters())} parameters)",
+                     model_file_loss(model))
+
+
 def get_model_spec(name: str) -> ModelSpec:
+    if is_model_file(name):
+        return model_file_spec(name)
     if name not in MODELS:
         raise UsageError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     return MODELS[name]

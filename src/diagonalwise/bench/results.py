@@ -243,7 +243,9 @@ class BenchResult:
                 step.set_xlabel("training-step speedup over native")
             else:
                 step.set_axis_off()
-            path = directory / f"speedup-{model}.png"
+            # a model file's name ("darknet:dir/net.cfg") as a file name: "darknet-net.cfg"
+            stem = model.split(":")[0] + "-" + Path(model).name if ":" in model else model
+            path = directory / f"speedup-{stem}.png"
             figure.savefig(path, dpi=110)
             plt.close(figure)
             paths.append(path)

@@ -27,6 +27,14 @@ from ..conversion import convert
 from ..errors import UsageError
 from ..timing import environment, synchronize
 from ..tuning import tune
+from .model_files import (
+    check_size,
+    is_model_file,
+    load_model_file,
+    model_file_loss,
+    output_classes,
+    save_model_file,
+)
 from .models import MobileNetV1
 from .results import provenance
 
@@ -61,18 +69,21 @@ def curves_match(gap: float, control_gap: float, tolerance: float) -> bool:
 @dataclass(frozen=True)
 class TrainConfig:
     """What ``diagonalwise train`` runs; ``block_size`` is an int, None (the paper's 32 channels
-    per block) or ``"auto"`` (autotune on a training batch)."""
+    per block) or ``"auto"`` (autotune on a training batch). ``model`` may be a model file
+    (``darknet:FILE.cfg``, ``caffe:FILE.prototxt``, starting from ``weights`` if given), whose
+    input size is its own; ``size`` None is 32 for the built-in models."""
 
     model: str = "mobilenet_v1"
     data: str = "digits"
     epochs: int = 3
     batch_size: int = 64
-    size: int = 32
+    size: int | None = None
     width: float = 0.5
     lr: float = 0.05
     dtype: str = "float32"
     block_size: int | str | None = None
     limit: int | None = None
+    weights: str | None = None
 
 
 def digits_dataset(size: int, limit: int | None = None):
@@ -118,7 +129,8 @@ def build_model(name: str, classes: int, width: float) -> nn.Module:
 
 
 def train_run(model: nn.Module, train_set, test_set, *, epochs: int, batch_size: int, lr: float,
-              device: torch.device, dtype: torch.dtype, label: str) -> dict:
+              device: torch.device, dtype: torch.dtype, label: str,
+              loss_function=nn.functional.cross_entropy) -> dict:
     """Train with SGD; return per-step losses, per-epoch seconds and test accuracy."""
     from tqdm.auto import tqdm
 
@@ -134,7 +146,7 @@ def train_run(model: nn.Module, train_set, test_set, *, epochs: int, batch_size:
         for images, labels in tqdm(loader, desc=f"{label} epoch {epoch + 1}/{epochs}",
                                    leave=False):
             images, labels = images.to(device=device, dtype=dtype), labels.to(device)
-            loss = nn.functional.cross_entropy(model(images), labels)
+            loss = loss_function(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -145,7 +157,7 @@ def train_run(model: nn.Module, train_set, test_set, *, epochs: int, batch_size:
     correct = total = 0
     with torch.no_grad():
         for images, labels in DataLoader(test_set, batch_size=256):
-            predictions = model(images.to(device=device, dtype=dtype)).argmax(1).cpu()
+            predictions = model(images.to(device=device, dtype=dtype)).flatten(1).argmax(1).cpu()
             correct += (predictions == labels).sum().item()
             total += len(labels)
     return {"losses": losses, "epoch_seconds": epoch_seconds,
@@ -174,12 +186,25 @@ def train_both(config: TrainConfig, device: torch.device, output: Path, command:
     """Train native, converted and the rounding control; write train.json and losses.png to
     ``output``; print the comparison. Returns 0 when the curves match, 1 otherwise."""
     dtype = getattr(torch, config.dtype)
-    if config.data == "digits":
-        train_set, test_set, classes = digits_dataset(config.size, config.limit)
-    else:
-        train_set, test_set, classes = image_folder_dataset(config.data, config.size, config.limit)
     torch.manual_seed(0)
-    native = build_model(config.model, classes, config.width)
+    loss_function, size = nn.functional.cross_entropy, config.size or 32
+    if is_model_file(config.model):
+        native = load_model_file(config.model, config.weights)
+        check_size(config.model, native, config.size)
+        if native.input_shape[0] != 3 or native.input_shape[1] != native.input_shape[2]:
+            raise UsageError(f"{config.model} takes {native.input_shape} input; training takes "
+                             "square RGB images")
+        size, loss_function = native.input_shape[-1], model_file_loss(native)
+    if config.data == "digits":
+        train_set, test_set, classes = digits_dataset(size, config.limit)
+    else:
+        train_set, test_set, classes = image_folder_dataset(config.data, size, config.limit)
+    if is_model_file(config.model):
+        if output_classes(native) < classes:
+            raise UsageError(f"{config.model} gives {output_classes(native)} value(s) per image; "
+                             f"the data has {classes} classes (a classifier is needed)")
+    else:
+        native = build_model(config.model, classes, config.width)
     if config.block_size == "auto":
         example = torch.stack([train_set[i][0] for i in range(min(config.batch_size,
                                                                    len(train_set)))])
@@ -193,7 +218,7 @@ def train_both(config: TrainConfig, device: torch.device, output: Path, command:
                          ("rounding control", control)):
         runs[label] = train_run(model, train_set, test_set, epochs=config.epochs,
                                 batch_size=config.batch_size, lr=config.lr, device=device,
-                                dtype=dtype, label=label)
+                                dtype=dtype, label=label, loss_function=loss_function)
 
     native_losses = runs["native"]["losses"]
     gap = relative_loss_gap(native_losses, runs["diagonalwise"]["losses"])
@@ -214,4 +239,7 @@ def train_both(config: TrainConfig, device: torch.device, output: Path, command:
     print(f"largest loss gap to native, relative: diagonalwise {gap:.1e}, rounding control "
           f"{control_gap:.1e}: {'curves match' if match else 'MISMATCH'}")
     print(f"results written to {output / 'train.json'} and {output / 'losses.png'}")
+    if is_model_file(config.model):
+        print(f"the {'autotuned' if config.block_size == 'auto' else 'diagonalwise'} model's "
+              f"trained weights: {save_model_file(converted, config.model, output)}")
     return 0 if match else 1

@@ -60,7 +60,7 @@ def _gradients_in_float64(model: nn.Module, spec: ModelSpec, size: int, device: 
     model = copy.deepcopy(model).double().train()
     x, y = spec.make_batch(2, size, device, seed=1)
     torch.manual_seed(0)  # the same dropout and stochastic-depth masks for every variant
-    nn.functional.cross_entropy(model(x.double()), y).backward()
+    spec.loss(model(x.double()), y).backward()
     return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 
@@ -128,7 +128,7 @@ def bench_training(spec: ModelSpec, device: torch.device, *, dtype: str = "float
         def step(model=model, optimizer=optimizer):
             optimizer.zero_grad(set_to_none=True)
             with autocast_context(device, dtype):
-                loss = nn.functional.cross_entropy(model(x), y)
+                loss = spec.loss(model(x), y)
             loss.backward()
             optimizer.step()
 

@@ -314,8 +314,8 @@ def build_caffe(prototxt: str | Path) -> CaffeModel:
         module = _layer(layer, [shapes[b] for b in layer.bottom], error)
         meta = [torch.empty(shapes[b], device="meta") for b in layer.bottom]
         try:
-            shapes[layer.top[0]] = tuple(copy.deepcopy(module).to("meta")(*meta).shape)
-        except RuntimeError as failure:
+            shapes[layer.top[0]] = tuple(copy.deepcopy(module).eval().to("meta")(*meta).shape)
+        except (RuntimeError, ValueError) as failure:
             raise error(f"does not run on bottoms of shapes {[shapes[b] for b in layer.bottom]}: "
                         f"{failure}") from None
         layers.append(module)
