@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 QUIET_PIP := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
 .PHONY: demo test test-torch test-triton test-jax test-tf test-mxnet lint install cpu-kernels bench \
-	bench-gpu clean
+	bench-gpu clean darknet-oracle
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,10 +64,22 @@ test: test-torch test-triton test-jax test-tf test-mxnet
 # PyTorch suite, Triton through its interpreter on its own), frontends (one
 # file per framework, each run in its framework's environment). Property-based tests run the
 # derandomized 'ci' profile of tests/conftest.py; HYPOTHESIS_PROFILE=dev searches anew.
-test-torch: cpu-kernels
+test-torch: cpu-kernels darknet-oracle
 	$(PY) -m ruff check src tests examples
-	$(PY) -m pytest -q tests/core tests/tuning tests/cli tests/kernels/test_cpu_direct.py
+	$(PY) -m pytest -q tests/core tests/tuning tests/cli tests/kernels/test_cpu_direct.py \
+		tests/model_files
 	KERAS_BACKEND=torch $(PY) -m pytest -q tests/frontends/test_keras.py
+
+# Debian's darknet package (the original darknet of 2018, as libdarknet.so): the second
+# independent runtime our Darknet files are checked against, beside OpenCV. Installed as root;
+# elsewhere its tests skip and say why.
+darknet-oracle:
+	@if [ -e /usr/lib/darknet/libdarknet.so ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+		(apt-get install -y -q darknet > /dev/null 2>&1 || \
+		 (apt-get update -q > /dev/null && apt-get install -y -q darknet > /dev/null)) \
+		|| echo "could not install Debian's darknet: its tests will skip"; \
+	else echo "not root: Debian's darknet is not installed, its tests will skip"; fi
 
 # Our Triton kernels on CPU tensors through Triton's interpreter (slow; small shapes).
 test-triton: $(INSTALLED)

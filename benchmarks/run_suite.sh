@@ -24,6 +24,10 @@ for model in $models; do
   $PY -m diagonalwise bench --model "$model" --device "$device" --layout contiguous \
       --layout channels_last --dtype float32 --output "$out/$model" "$@"
 done
+# a user's own network, read from Darknet and Caffe files (the paper's MobileNet V1)
+$PY -m diagonalwise bench --darknet-cfg examples/model_files/mobilenet_v1.cfg \
+    --caffe-prototxt examples/model_files/mobilenet_v1.prototxt --device "$device" \
+    --layout contiguous --layout channels_last --dtype float32 --output "$out/model_files" "$@"
 for model in $half_models; do
   $PY -m diagonalwise bench --model "$model" --device "$device" $half \
       --output "$out/$model-half" "$@"
