@@ -106,6 +106,16 @@ def test_yolo_heads_return_their_input_maps_in_cfg_order(tmp_path):
     assert torch.equal(heads[0], captured[0]) and torch.equal(heads[1], last)
 
 
+def test_dilation_pads_as_darknet_and_is_ignored_for_1x1(tmp_path):
+    cfg = tmp_path / "d.cfg"
+    cfg.write_text(BASE.replace("pad=1", "pad=1\ndilation=2") +
+                   "[convolutional]\nfilters=4\nsize=1\ndilation=3\nactivation=linear\n")
+    model = load_darknet(cfg)
+    dilated, pointwise = model.layers[0].conv, model.layers[1].conv
+    assert (dilated.dilation, dilated.padding, pointwise.dilation) == ((2, 2), (2, 2), (1, 1))
+    assert model.output_shapes == [(8, 16, 16), (4, 16, 16)]
+
+
 def test_write_then_read_is_bit_exact_and_keeps_the_header(tmp_path):
     cfg, weights = write_darknet(tmp_path, "b0", nets.efficientnet_cfg())
     model = load_darknet(cfg, weights)

@@ -101,6 +101,11 @@ class _Place:
         return self.text.count("\n", 0, match.start()) + 1
 
 
+def _either(param, name: str) -> bool:
+    """Whether ``name_h`` or ``name_w`` is set (Caffe then takes both, the other at its default)."""
+    return param.HasField(f"{name}_h") or param.HasField(f"{name}_w")
+
+
 def _pair(values, single_h, single_w, has_h: bool, default: int, what: str, error) -> tuple[int, int]:
     """Caffe's 2-D spatial option: ``what_h``/``what_w``, or ``what`` given once or twice."""
     if has_h:
@@ -121,13 +126,13 @@ def _convolution(layer, shape, error) -> nn.Module:
     if param.axis != 1:
         raise error("only axis: 1 (channels) is supported", "convolution_param.axis")
     channels = shape[1]
-    kernel = _pair(param.kernel_size, param.kernel_h, param.kernel_w, param.HasField("kernel_h"),
-                   0, "kernel_size", error)
+    kernel = _pair(param.kernel_size, param.kernel_h, param.kernel_w,
+                   _either(param, "kernel"), 0, "kernel_size", error)
     if min(kernel) < 1:
         raise error("needs kernel_size (or kernel_h and kernel_w)", "convolution_param.kernel_size")
-    stride = _pair(param.stride, param.stride_h, param.stride_w, param.HasField("stride_h"), 1,
+    stride = _pair(param.stride, param.stride_h, param.stride_w, _either(param, "stride"), 1,
                    "stride", error)
-    pad = _pair(param.pad, param.pad_h, param.pad_w, param.HasField("pad_h"), 0, "pad", error)
+    pad = _pair(param.pad, param.pad_h, param.pad_w, _either(param, "pad"), 0, "pad", error)
     dilation = _pair(param.dilation, 0, 0, False, 1, "dilation", error)
     groups = param.group
     if layer.type in DEPTHWISE_TYPES:
@@ -156,13 +161,13 @@ def _pooling(layer, shape, error) -> nn.Module:
     if param.global_pooling:
         return CaffePooling(method, shape[2:], (1, 1), (0, 0), ceil_mode, True)
     kernel = _pair([param.kernel_size] if param.HasField("kernel_size") else [], param.kernel_h,
-                   param.kernel_w, param.HasField("kernel_h"), 0, "kernel_size", error)
+                   param.kernel_w, _either(param, "kernel"), 0, "kernel_size", error)
     if min(kernel) < 1:
         raise error("needs kernel_size (or kernel_h and kernel_w, or global_pooling: true)",
                     "pooling_param.kernel_size")
-    stride = (param.stride_h, param.stride_w) if param.HasField("stride_h") \
+    stride = (param.stride_h, param.stride_w) if _either(param, "stride") \
         else (param.stride, param.stride)
-    pad = (param.pad_h, param.pad_w) if param.HasField("pad_h") else (param.pad, param.pad)
+    pad = (param.pad_h, param.pad_w) if _either(param, "pad") else (param.pad, param.pad)
     if any(2 * p > k for p, k in zip(pad, kernel)):
         raise error(f"pads {pad} for a {kernel} window; more than half the window is not "
                     "supported", "pooling_param.pad")

@@ -102,7 +102,8 @@ def _convolutional(section: Section, shape: Shape) -> tuple[nn.Module, Shape]:
     stride_y = section.integer("stride_y", stride, minimum=1)
     stride_x = section.integer("stride_x", stride, minimum=1)
     groups = section.integer("groups", 1, minimum=1)
-    dilation = 1 if size == 1 else section.integer("dilation", 1, minimum=1)
+    dilation = section.integer("dilation", 1, minimum=1) if size > 1 else 1  # as darknet
+    section.read.add("dilation")
     padding = section.integer("padding", 0, minimum=0)
     if section.integer("pad", 0):
         padding = size // 2
