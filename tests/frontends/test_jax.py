@@ -13,6 +13,7 @@ from jax import lax  # noqa: E402
 
 from diagonalwise.blocking import valid_block_sizes  # noqa: E402
 from diagonalwise.jax import (  # noqa: E402
+    available_algorithms,
     block_diagonal_kernel,
     depthwise_conv,
     grouped_conv_general_dilated,
@@ -57,14 +58,21 @@ def test_value_and_gradients_equal_lax_for_every_block_size(case):
 
     (want_loss, want), want_grads = jax.value_and_grad(
         lambda l, r: loss(lax.conv_general_dilated, l, r), (0, 1), has_aux=True)(lhs, rhs)
-    for block_size in valid_block_sizes(groups) + [None]:
+    choices = [{"block_size": b} for b in valid_block_sizes(groups) + [None]]
+    choices += [{"algorithm": a} for a in available_algorithms() if a != "block_diagonal"]
+    choices += [{"algorithm": f"block_diagonal:{b}"} for b in valid_block_sizes(groups)]
+    for choice in choices:
+        if choice.get("algorithm") == "shift_add" and lhs_dil is not None:
+            with pytest.raises(ValueError, match="lhs_dilation"):
+                loss(grouped_conv_general_dilated, lhs, rhs, **choice)
+            continue
         fn = jax.jit(jax.value_and_grad(
-            lambda l, r, b=block_size: loss(grouped_conv_general_dilated, l, r, block_size=b),
+            lambda l, r, c=choice: loss(grouped_conv_general_dilated, l, r, **c),
             (0, 1), has_aux=True))
         (got_loss, got), got_grads = fn(lhs, rhs)
-        np.testing.assert_allclose(got, want, **TOL)
+        np.testing.assert_allclose(got, want, **TOL, err_msg=str(choice))
         for g, w in zip(got_grads, want_grads):
-            np.testing.assert_allclose(g, w, **TOL)
+            np.testing.assert_allclose(g, w, **TOL, err_msg=str(choice))
 
 
 def test_depthwise_conv_and_vmap():
@@ -80,6 +88,37 @@ def test_depthwise_conv_and_vmap():
                                                block_size=8))(kernels)
     for index, scale in enumerate((1, 2, -1)):
         np.testing.assert_allclose(mapped[index], scale * want, **TOL)
+
+
+def test_shift_add_under_vmap_and_with_other_paddings():
+    lhs, rhs = operands("NHWC", 8, 1, 2, (3, 3))
+    spec = SPECS["NHWC"]
+    for padding in ("SAME", "VALID", "SAME_LOWER", ((2, 0), (-1, 3))):
+        want = lax.conv_general_dilated(lhs, rhs, (2, 1), padding, dimension_numbers=spec,
+                                        feature_group_count=8)
+        got = depthwise_conv(lhs, rhs, (2, 1), padding, dimension_numbers=spec,
+                             algorithm="shift_add")
+        np.testing.assert_allclose(got, want, **TOL, err_msg=str(padding))
+    kernels = jnp.stack([rhs, 2 * rhs])
+    mapped = jax.vmap(lambda k: depthwise_conv(lhs, k, (1, 1), "SAME", dimension_numbers=spec,
+                                               algorithm="shift_add"))(kernels)
+    want = lax.conv_general_dilated(lhs, rhs, (1, 1), "SAME", dimension_numbers=spec,
+                                    feature_group_count=8)
+    np.testing.assert_allclose(mapped[1], 2 * want, **TOL)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(algorithm="winograd"), "unknown algorithm 'winograd'"),
+    (dict(algorithm="block_diagonal"), "unknown algorithm"),
+    (dict(algorithm="shift_add:2"), "unknown algorithm"),
+    (dict(algorithm="block_diagonal:x"), "whole number"),
+    (dict(algorithm="block_diagonal:3"), r"valid block sizes are \[1, 2, 4, 8\]"),
+    (dict(algorithm="native", block_size=2), "not both"),
+])
+def test_bad_algorithm_names_say_what_is_valid(kwargs, message):
+    lhs, rhs = operands("NCHW", 8, 1, 1, (3, 3))
+    with pytest.raises(ValueError, match=message):
+        grouped_conv_general_dilated(lhs, rhs, (1, 1), "SAME", feature_group_count=8, **kwargs)
 
 
 def test_block_diagonal_kernel_matches_the_torch_layout():
@@ -129,3 +168,7 @@ def test_flax_nnx_module_equals_nnx_conv_and_trains_alike():
     np.testing.assert_allclose(ours(x), native(x), **TOL)
     np.testing.assert_allclose(train(ours), train(native), **TOL)
     np.testing.assert_allclose(ours.kernel[...], native.kernel[...], **TOL)
+    shifted = DiagonalwiseConv(8, 16, rngs=nnx.Rngs(0), algorithm="shift_add", **kwargs)
+    fresh = nnx.Conv(8, 16, rngs=nnx.Rngs(0), **kwargs)
+    assert (shifted.algorithm, shifted.block_size) == ("shift_add", None)
+    np.testing.assert_allclose(train(shifted), train(fresh), **TOL)

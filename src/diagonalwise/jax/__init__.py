@@ -1,11 +1,19 @@
-"""The diagonalwise refactorization for JAX.
+"""Grouped and depthwise convolutions for JAX, by the algorithm of your choice.
 
 Equivalence contract: ``grouped_conv_general_dilated(lhs, rhs, ..., feature_group_count=G,
-block_size=b)`` equals ``lax.conv_general_dilated(lhs, rhs, ..., feature_group_count=G)`` in value
+algorithm=a)`` equals ``lax.conv_general_dilated(lhs, rhs, ..., feature_group_count=G)`` in value
 and in the gradients with respect to ``lhs`` and ``rhs``, under ``jit``, ``grad`` and ``vmap``, up
-to floating-point rounding. The kernel keeps the shape ``lax.conv_general_dilated`` takes; the
-block-diagonal kernel is built from it inside the traced function (a product with an identity, whose
-gradient keeps only the diagonal), so the kernel gradient is exactly the grouped one.
+to floating-point rounding, for every algorithm:
+
+- ``"native"``: ``lax.conv_general_dilated`` itself;
+- ``"block_diagonal:<b>"``: the diagonalwise refactorization, ``b`` groups per dense block (the
+  kernel keeps the shape ``lax.conv_general_dilated`` takes; the block-diagonal kernel is built from
+  it inside the traced function, a product with an identity whose gradient keeps only the
+  diagonal, so the kernel gradient is exactly the grouped one);
+- ``"shift_add"``: a sum of shifted products (:mod:`diagonalwise.jax.shift_add`), which XLA fuses.
+
+``block_size=b`` is the shorthand for ``"block_diagonal:<b>"``; with neither, the paper's 32
+channels per block.
 """
 
 from __future__ import annotations
@@ -16,6 +24,37 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..blocking import check_block_size, resolve_block_size
+from .shift_add import shift_add_conv
+
+#: the algorithm families, as ``algorithm=`` names them (block_diagonal takes ``:<b>``)
+ALGORITHMS = ("native", "block_diagonal", "shift_add")
+
+
+def available_algorithms() -> list[str]:
+    """The families ``algorithm=`` takes: ``native``, ``block_diagonal`` (as
+    ``block_diagonal:<b>``) and ``shift_add``."""
+    return list(ALGORITHMS)
+
+
+def _parse_algorithm(algorithm: str | None, block_size: int | None, groups: int,
+                     channels_per_group: int) -> tuple[str, int]:
+    """(family, block size) from ``algorithm`` or the ``block_size`` shorthand."""
+    if algorithm is None:
+        return "block_diagonal", resolve_block_size(block_size, groups, channels_per_group)
+    if block_size is not None:
+        raise ValueError(f"give algorithm={algorithm!r} or block_size={block_size}, not both")
+    family, _, argument = algorithm.partition(":")
+    if family not in ALGORITHMS or bool(argument) != (family == "block_diagonal"):
+        raise ValueError(f"unknown algorithm {algorithm!r}; choose native, shift_add or "
+                         "block_diagonal:<groups per block>")
+    if family != "block_diagonal":
+        return family, 1
+    try:
+        size = int(argument)
+    except ValueError:
+        raise ValueError(f"{algorithm!r}: the block size must be a whole number") from None
+    check_block_size(size, groups)
+    return family, size
 
 
 def block_diagonal_kernel(kernel: jnp.ndarray, groups: int, block_size: int) -> jnp.ndarray:
@@ -45,18 +84,26 @@ def grouped_conv_general_dilated(
     preferred_element_type=None,
     *,
     block_size: int | None = None,
+    algorithm: str | None = None,
     **lax_kwargs,
 ) -> jnp.ndarray:
-    """``lax.conv_general_dilated`` with ``block_size`` of its ``feature_group_count`` groups packed
-    into each dense block (1: the grouped conv itself; None: the paper's 32 channels per block,
-    rounded down to a divisor). Any ``dimension_numbers`` (NCHW/OIHW, NHWC/HWIO, ...); further
-    keywords (``out_sharding``, ...) go to ``lax.conv_general_dilated``."""
+    """``lax.conv_general_dilated`` computed by ``algorithm`` (see the module docstring), or with
+    ``block_size`` of its ``feature_group_count`` groups packed into each dense block (1: the
+    grouped conv itself; None: the paper's 32 channels per block, rounded down to a divisor). Any
+    ``dimension_numbers`` (NCHW/OIHW, NHWC/HWIO, ...); further keywords (``out_sharding``, ...) go
+    to ``lax.conv_general_dilated``."""
     if batch_group_count != 1:
-        raise ValueError("block_size applies to feature groups; batch_group_count must be 1")
+        raise ValueError("these algorithms apply to feature groups; batch_group_count must be 1")
     numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     out_dim, in_dim, *window_dims = numbers.rhs_spec
     groups = feature_group_count
-    block = resolve_block_size(block_size, groups, rhs.shape[in_dim])
+    family, block = _parse_algorithm(algorithm, block_size, groups, rhs.shape[in_dim])
+    if family == "shift_add":
+        if lhs_dilation is not None and any(d != 1 for d in lhs_dilation):
+            raise ValueError("shift_add does not take lhs_dilation (a transposed convolution); "
+                             "use native or block_diagonal")
+        result = shift_add_conv(lhs, rhs, window_strides, padding, rhs_dilation, numbers, groups)
+        return result if preferred_element_type is None else result.astype(preferred_element_type)
     if block > 1:
         to_oi = (out_dim, in_dim, *window_dims)
         dense = block_diagonal_kernel(jnp.transpose(rhs, to_oi), groups, block)
@@ -77,6 +124,7 @@ def depthwise_conv(
     dimension_numbers=None,
     *,
     block_size: int | None = None,
+    algorithm: str | None = None,
 ) -> jnp.ndarray:
     """Depthwise convolution: ``lax.conv_general_dilated`` with ``feature_group_count`` equal to
     the number of input channels (the kernel has C * multiplier outputs and 1 input per group),
@@ -85,4 +133,4 @@ def depthwise_conv(
     channels = lhs.shape[numbers.lhs_spec[1]]
     return grouped_conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, numbers,
-        feature_group_count=channels, block_size=block_size)
+        feature_group_count=channels, block_size=block_size, algorithm=algorithm)
