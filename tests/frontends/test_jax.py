@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -172,3 +174,15 @@ def test_flax_nnx_module_equals_nnx_conv_and_trains_alike():
     fresh = nnx.Conv(8, 16, rngs=nnx.Rngs(0), **kwargs)
     assert (shifted.algorithm, shifted.block_size) == ("shift_add", None)
     np.testing.assert_allclose(train(shifted), train(fresh), **TOL)
+
+
+def test_layer_bench_checks_then_times_every_algorithm(tmp_path):
+    from diagonalwise.jax.bench import bench_layer, main
+
+    row = bench_layer(16, 8, 2, batch=1, repeats=2)
+    assert row["status"] == {"native": "ok", "block_diagonal:16": "ok", "shift_add": "ok"}
+    assert set(row["median_ms"]) == set(row["status"]) and min(row["median_ms"].values()) > 0
+    assert main(["--batch", "1", "--size", "16", "--repeats", "1", "--output",
+                 str(tmp_path / "jax.json")]) == 0
+    layers = json.loads((tmp_path / "jax.json").read_text())["layers"]
+    assert len(layers) == 9 and all(set(r["status"].values()) == {"ok"} for r in layers)
