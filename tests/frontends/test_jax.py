@@ -186,3 +186,12 @@ def test_layer_bench_checks_then_times_every_algorithm(tmp_path):
                  str(tmp_path / "jax.json")]) == 0
     layers = json.loads((tmp_path / "jax.json").read_text())["layers"]
     assert len(layers) == 9 and all(set(r["status"].values()) == {"ok"} for r in layers)
+
+
+def test_flax_training_step_bench_gates_then_times_each_variant():
+    from diagonalwise.flax.bench import bench_training
+
+    rows = bench_training(batch=2, size=32, width=0.25, repeats=1)
+    assert [r["variant"] for r in rows] == ["native", "paper", "shift_add"]
+    assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows)
+    assert rows[0]["speedup"] == 1.0

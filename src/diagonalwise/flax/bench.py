@@ -1,0 +1,136 @@
+"""The paper's experiment in Flax NNX: a MobileNet V1 training step (forward, cross-entropy,
+backward, SGD with momentum, under ``nnx.jit``) with its depthwise layers computed natively, by the
+paper's refactorization and by shift-and-add, from the same initial weights, the variants taking
+turns round by round. Each variant's first loss must equal native's (float32, 1e-4 relative)
+before it is timed.
+
+``python -m diagonalwise.flax.bench [--batch 16] [--size 224] [--width 1.0] [--repeats 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from . import DiagonalwiseConv
+
+#: (output channels, stride) of MobileNet V1's 13 depthwise-separable blocks
+BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
+          (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
+LOSS_TOLERANCE = 1e-4
+
+
+class MobileNetV1(nnx.Module):
+    """MobileNet V1 (NHWC) whose depthwise layers run ``depthwise_algorithm`` (None: the paper's
+    block size; see :func:`diagonalwise.jax.available_algorithms`)."""
+
+    def __init__(self, depthwise_algorithm: str | None, *, width: float = 1.0,
+                 classes: int = 1000, rngs: nnx.Rngs):
+        def scaled(channels: int) -> int:
+            return max(8, int(channels * width))
+
+        def conv_bn(conv):
+            return [conv, nnx.BatchNorm(conv.out_features, rngs=rngs)]
+
+        channels = scaled(32)
+        layers = conv_bn(nnx.Conv(3, channels, (3, 3), strides=2, padding=((1, 1), (1, 1)),
+                                  use_bias=False, rngs=rngs))
+        for out, stride in BLOCKS:
+            layers += conv_bn(DiagonalwiseConv(
+                channels, channels, (3, 3), strides=stride, padding=((1, 1), (1, 1)),
+                feature_group_count=channels, use_bias=False, rngs=rngs,
+                algorithm=depthwise_algorithm))
+            layers += conv_bn(nnx.Conv(channels, scaled(out), (1, 1), use_bias=False, rngs=rngs))
+            channels = scaled(out)
+        self.layers = nnx.List(layers)
+        self.head = nnx.Linear(channels, classes, rngs=rngs)
+
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        for conv, norm in zip(self.layers[::2], self.layers[1::2]):
+            x = nnx.relu(norm(conv(x)))
+        return self.head(x.mean(axis=(1, 2)))
+
+
+@nnx.jit
+def train_step(model: MobileNetV1, optimizer: nnx.Optimizer, x: jnp.ndarray,
+               labels: jnp.ndarray) -> jnp.ndarray:
+    def loss_fn(model):
+        return optax.softmax_cross_entropy_with_integer_labels(model(x), labels).mean()
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+
+def bench_training(batch: int, size: int, width: float, repeats: int, warmup: int = 1,
+                   classes: int = 1000) -> list[dict]:
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, size, size, 3)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, classes, batch))
+    variants = {"native": "native", "paper": None, "shift_add": "shift_add"}
+    states, rows = {}, []
+    for name, algorithm in variants.items():
+        model = MobileNetV1(algorithm, width=width, classes=classes, rngs=nnx.Rngs(0))
+        optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
+        first = float(train_step(model, optimizer, x, labels))  # compiles
+        states[name] = (model, optimizer, first)
+    reference = states["native"][2]
+    timed = {}
+    for name, (_, _, first) in states.items():
+        error = abs(first - reference) / abs(reference)
+        status = "ok" if error <= LOSS_TOLERANCE else f"failed: first loss off by {error:.1e}"
+        rows.append({"variant": name,
+                     "depthwise": variants[name] or "block_diagonal (the paper's 32 channels)",
+                     "status": status, "batch": batch, "size": size, "width": width})
+        if status == "ok":
+            timed[name] = []
+    for round_index in range(warmup + repeats):
+        for name in timed:
+            model, optimizer, _ = states[name]
+            start = time.perf_counter()
+            jax.block_until_ready(train_step(model, optimizer, x, labels))
+            if round_index >= warmup:
+                timed[name].append(time.perf_counter() - start)
+    for row in rows:
+        times = timed.get(row["variant"])
+        if times:
+            row["median_ms"] = 1e3 * statistics.median(times)
+            row["min_ms"], row["max_ms"] = 1e3 * min(times), 1e3 * max(times)
+            row["speedup"] = statistics.median(timed["native"]) / statistics.median(times)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m diagonalwise.flax.bench", description=__doc__)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args(argv)
+    rows = bench_training(args.batch, args.size, args.width, args.repeats)
+    for row in rows:
+        timing = f"{row['median_ms']:9.1f} ms  {row['speedup']:5.2f}x" if "median_ms" in row else ""
+        print(f"{row['variant']:<10} {row['status']:<4} {timing}  {row['depthwise']}")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(
+            {"provenance": {"jax": jax.__version__, "backend": jax.default_backend(),
+                            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                            "arguments": vars(args) | {"output": str(args.output)}},
+             "training_step": rows}, indent=1) + "\n")
+        print(f"written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
