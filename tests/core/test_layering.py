@@ -22,7 +22,7 @@ LAYERS = [
     {"bench"},
     {"cli", "__main__"},
 ]
-FRAMEWORK_FREE = {"blocking", "shapes"}
+FRAMEWORK_FREE = {"blocking", "shapes", "atomic_files"}
 FRONT_ENDS = {"jax", "flax", "keras", "mxnet"}
 
 
@@ -105,3 +105,14 @@ def test_no_import_cycle():
     for name in edges:
         if name not in state:
             visit(name, [])
+
+
+def test_framework_free_modules_import_no_framework():
+    frameworks = {"torch", "jax", "flax", "tensorflow", "keras", "mxnet", "triton"}
+    for name in FRAMEWORK_FREE:
+        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+        assert not imported & frameworks, f"{name} imports {imported & frameworks}"

@@ -12,8 +12,7 @@ import functools
 
 from flax import nnx
 
-from ..blocking import resolve_block_size
-from ..jax import grouped_conv_general_dilated
+from ..jax import grouped_conv_general_dilated, parse_algorithm
 
 
 class DiagonalwiseConv(nnx.Conv):
@@ -25,14 +24,15 @@ class DiagonalwiseConv(nnx.Conv):
     def __init__(self, in_features: int, out_features: int, kernel_size, *,
                  block_size: int | None = None, algorithm: str | None = None, **kwargs) -> None:
         groups = kwargs.get("feature_group_count", 1)
-        if algorithm is None:
-            algorithm = f"block_diagonal:{resolve_block_size(block_size, groups, in_features // groups)}"
-        elif block_size is not None:
-            raise ValueError(f"give algorithm={algorithm!r} or block_size={block_size}, not both")
+        family, size = parse_algorithm(algorithm, block_size, groups, in_features // groups)
+        super().__init__(in_features, out_features, kernel_size, **kwargs)
+        self.use_algorithm(algorithm or f"{family}:{size}")
+
+    def use_algorithm(self, algorithm: str) -> None:
+        """Compute with ``algorithm`` from now on; the parameters stay as they are."""
+        family, size = parse_algorithm(algorithm, None, self.feature_group_count,
+                                       self.in_features // self.feature_group_count)
         self.algorithm = algorithm
-        family, _, size = algorithm.partition(":")
-        self.block_size = int(size) if family == "block_diagonal" and size.isdigit() else None
-        super().__init__(in_features, out_features, kernel_size,
-                         conv_general_dilated=functools.partial(grouped_conv_general_dilated,
-                                                                algorithm=algorithm),
-                         **kwargs)
+        self.block_size = size if family == "block_diagonal" else None
+        self.conv_general_dilated = functools.partial(grouped_conv_general_dilated,
+                                                      algorithm=algorithm)

@@ -1,6 +1,7 @@
 """The paper's experiment in Flax NNX: a MobileNet V1 training step (forward, cross-entropy,
 backward, SGD with momentum, under ``nnx.jit``) with its depthwise layers computed natively, by the
-paper's refactorization and by shift-and-add, from the same initial weights, the variants taking
+paper's refactorization, by shift-and-add and as tuned (:func:`diagonalwise.flax.tuning.tune_model`),
+from the same initial weights, the variants taking
 turns round by round. Each variant's first loss must equal native's (float32, 1e-4 relative)
 before it is timed.
 
@@ -13,6 +14,7 @@ import argparse
 import json
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 
 import jax
@@ -21,7 +23,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from ..jax.tuning import TuningCache
 from . import DiagonalwiseConv
+from .tuning import tune_model
 
 #: (output channels, stride) of MobileNet V1's 13 depthwise-separable blocks
 BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
@@ -72,14 +76,18 @@ def train_step(model: MobileNetV1, optimizer: nnx.Optimizer, x: jnp.ndarray,
 
 
 def bench_training(batch: int, size: int, width: float, repeats: int, warmup: int = 1,
-                   classes: int = 1000) -> list[dict]:
+                   classes: int = 1000, cache: TuningCache | bool = True) -> list[dict]:
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((batch, size, size, 3)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, classes, batch))
-    variants = {"native": "native", "paper": None, "shift_add": "shift_add"}
+    variants = {"native": "native", "paper": None, "shift_add": "shift_add", "tuned": "native"}
     states, rows = {}, []
     for name, algorithm in variants.items():
         model = MobileNetV1(algorithm, width=width, classes=classes, rngs=nnx.Rngs(0))
+        if name == "tuned":
+            chosen = tune_model(model, x, cache=cache, log=lambda message: None)
+            counts = Counter(chosen.values())
+            variants[name] = ", ".join(f"{n}x {a}" for a, n in sorted(counts.items()))
         optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
         first = float(train_step(model, optimizer, x, labels))  # compiles
         states[name] = (model, optimizer, first)
@@ -117,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
-    rows = bench_training(args.batch, args.size, args.width, args.repeats)
+    # measured afresh into a cache beside the results, unless none is written
+    cache = TuningCache(args.output.with_name(args.output.stem + "-tuning-cache.json")) \
+        if args.output else True
+    rows = bench_training(args.batch, args.size, args.width, args.repeats, cache=cache)
     for row in rows:
         timing = f"{row['median_ms']:9.1f} ms  {row['speedup']:5.2f}x" if "median_ms" in row else ""
         print(f"{row['variant']:<10} {row['status']:<4} {timing}  {row['depthwise']}")

@@ -36,7 +36,7 @@ def available_algorithms() -> list[str]:
     return list(ALGORITHMS)
 
 
-def _parse_algorithm(algorithm: str | None, block_size: int | None, groups: int,
+def parse_algorithm(algorithm: str | None, block_size: int | None, groups: int,
                      channels_per_group: int) -> tuple[str, int]:
     """(family, block size) from ``algorithm`` or the ``block_size`` shorthand."""
     if algorithm is None:
@@ -97,7 +97,7 @@ def grouped_conv_general_dilated(
     numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     out_dim, in_dim, *window_dims = numbers.rhs_spec
     groups = feature_group_count
-    family, block = _parse_algorithm(algorithm, block_size, groups, rhs.shape[in_dim])
+    family, block = parse_algorithm(algorithm, block_size, groups, rhs.shape[in_dim])
     if family == "shift_add":
         if lhs_dilation is not None and any(d != 1 for d in lhs_dilation):
             raise ValueError("shift_add does not take lhs_dilation (a transposed convolution); "
