@@ -29,6 +29,9 @@ if BACKEND == "jax":
 # step with dilation 2 it returned different losses from run to run (TensorFlow 2.21, seen here),
 # so on TensorFlow the reference is float32, which runs oneDNN's kernels; elsewhere float64.
 DTYPE = "float32" if BACKEND == "tensorflow" else "float64"
+# Keras casts float64 NumPy data to floatx when training: without this the "float64" training
+# steps below would run on float32 inputs (seen: the losses agreed only to float32 rounding)
+keras.config.set_floatx(DTYPE)
 to_numpy = keras.ops.convert_to_numpy
 TOL = dict(rtol=1e-4, atol=1e-5) if DTYPE == "float32" else dict(rtol=1e-10, atol=1e-10)
 
@@ -43,14 +46,20 @@ CASES = [
 ]
 
 
-def layer_pair(dims, channels, multiplier, kernel, strides, padding, dilation, block_size,
+#: the algorithms every case also runs by name (shift_add exists on the JAX backend only)
+ALGORITHMS = ["native"] + (["shift_add"] if BACKEND == "jax" else [])
+
+
+def layer_pair(dims, channels, multiplier, kernel, strides, padding, dilation, choice,
                data_format="channels_last"):
+    """(Keras layer, ours) with ``choice`` a block size, or an algorithm name (a str)."""
     native_cls = keras.layers.DepthwiseConv2D if dims == 2 else keras.layers.DepthwiseConv1D
     ours_cls = DiagonalwiseDepthwiseConv2D if dims == 2 else DiagonalwiseDepthwiseConv1D
     kwargs = dict(kernel_size=kernel, strides=strides, padding=padding, depth_multiplier=multiplier,
                   dilation_rate=dilation, data_format=data_format, dtype=DTYPE,
                   bias_initializer="random_normal")
-    return native_cls(**kwargs), ours_cls(**kwargs, block_size=block_size)
+    selected = dict(algorithm=choice) if isinstance(choice, str) else dict(block_size=choice)
+    return native_cls(**kwargs), ours_cls(**kwargs, **selected)
 
 
 # TensorFlow's own CPU depthwise kernel, run in a compiled train step outside XLA, returns wrong
@@ -82,12 +91,12 @@ def test_equal_output_and_gradients(case):
     dims, channels, multiplier, kernel, strides, padding, dilation, block_sizes = case
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, *(11,) * dims, channels)).astype(DTYPE)
-    for block_size in block_sizes:
+    for choice in block_sizes + ALGORITHMS + [f"block_diagonal:{channels}"]:
 
-        def pair(block_size=block_size):
+        def pair(choice=choice):
             keras.utils.set_random_seed(0)
             native, ours = layer_pair(dims, channels, multiplier, kernel, strides, padding,
-                                      dilation, block_size)
+                                      dilation, choice)
             want = to_numpy(native(x))
             ours.build(x.shape)
             ours.set_weights(native.get_weights())
@@ -99,9 +108,10 @@ def test_equal_output_and_gradients(case):
         weights_native, loss_native = train_one_step(native, x, target, REFERENCE_JIT)
         for jit in OUR_JITS:
             weights_ours, loss_ours = train_one_step(pair()[1], x, target, jit)
-            np.testing.assert_allclose(loss_ours, loss_native, **TOL, err_msg=f"jit {jit}")
+            where = f"{choice}, jit {jit}"
+            np.testing.assert_allclose(loss_ours, loss_native, **TOL, err_msg=where)
             for got, expected in zip(weights_ours, weights_native):
-                np.testing.assert_allclose(got, expected, **TOL, err_msg=f"jit {jit}")
+                np.testing.assert_allclose(got, expected, **TOL, err_msg=where)
 
 
 @pytest.mark.skipif(BACKEND == "tensorflow", reason="TensorFlow's CPU kernels take NHWC only")
@@ -128,6 +138,25 @@ def test_same_weight_names_shapes_and_files(tmp_path):
     other.load_weights(path)
     for got, want in zip(other.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(got, want)
+
+
+def test_config_round_trip_keeps_the_algorithm():
+    layer = DiagonalwiseDepthwiseConv2D(3, algorithm="native")
+    assert DiagonalwiseDepthwiseConv2D.from_config(layer.get_config()).algorithm == "native"
+
+
+@pytest.mark.skipif(BACKEND == "jax", reason="shift_add runs on the JAX backend")
+def test_shift_add_elsewhere_says_where_it_runs():
+    layer = DiagonalwiseDepthwiseConv2D(3, algorithm="shift_add")
+    with pytest.raises(ValueError, match=f"runs on the JAX backend, not {BACKEND}"):
+        layer.build((None, 9, 9, 4))
+
+
+def test_bad_algorithm_names_the_choices():
+    with pytest.raises(ValueError, match="unknown algorithm 'winograd'"):
+        DiagonalwiseDepthwiseConv2D(3, algorithm="winograd").build((None, 9, 9, 4))
+    with pytest.raises(ValueError, match="not both"):
+        DiagonalwiseDepthwiseConv2D(3, algorithm="native", block_size=2).build((None, 9, 9, 4))
 
 
 def test_config_round_trip_keeps_the_block_size():
@@ -205,6 +234,10 @@ def test_convert_a_sequential_model_keeps_outputs_and_names():
     assert converted.layers[0].block_size == 4
     x = np.random.default_rng(0).standard_normal((2, 16, 8)).astype(DTYPE)
     np.testing.assert_allclose(to_numpy(converted(x)), to_numpy(model(x)), **TOL)
+    for algorithm in ALGORITHMS:
+        by_name = convert_model(model, algorithm=algorithm)
+        assert by_name.layers[0].algorithm == algorithm and by_name.layers[0].block_size is None
+        np.testing.assert_allclose(to_numpy(by_name(x)), to_numpy(model(x)), **TOL)
 
 
 def depthwise_nhwc_float64(x, kernel, strides, padding):

@@ -12,7 +12,8 @@ import functools
 
 from flax import nnx
 
-from ..jax import grouped_conv_general_dilated, parse_algorithm
+from ..algorithm_names import parse_algorithm
+from ..jax import grouped_conv_general_dilated
 
 
 class DiagonalwiseConv(nnx.Conv):

@@ -23,38 +23,15 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from jax import lax
 
-from ..blocking import check_block_size, resolve_block_size
+from ..algorithm_names import ALGORITHMS, parse_algorithm
+from ..blocking import check_block_size
 from .shift_add import shift_add_conv
-
-#: the algorithm families, as ``algorithm=`` names them (block_diagonal takes ``:<b>``)
-ALGORITHMS = ("native", "block_diagonal", "shift_add")
 
 
 def available_algorithms() -> list[str]:
     """The families ``algorithm=`` takes: ``native``, ``block_diagonal`` (as
     ``block_diagonal:<b>``) and ``shift_add``."""
     return list(ALGORITHMS)
-
-
-def parse_algorithm(algorithm: str | None, block_size: int | None, groups: int,
-                     channels_per_group: int) -> tuple[str, int]:
-    """(family, block size) from ``algorithm`` or the ``block_size`` shorthand."""
-    if algorithm is None:
-        return "block_diagonal", resolve_block_size(block_size, groups, channels_per_group)
-    if block_size is not None:
-        raise ValueError(f"give algorithm={algorithm!r} or block_size={block_size}, not both")
-    family, _, argument = algorithm.partition(":")
-    if family not in ALGORITHMS or bool(argument) != (family == "block_diagonal"):
-        raise ValueError(f"unknown algorithm {algorithm!r}; choose native, shift_add or "
-                         "block_diagonal:<groups per block>")
-    if family != "block_diagonal":
-        return family, 1
-    try:
-        size = int(argument)
-    except ValueError:
-        raise ValueError(f"{algorithm!r}: the block size must be a whole number") from None
-    check_block_size(size, groups)
-    return family, size
 
 
 def block_diagonal_kernel(kernel: jnp.ndarray, groups: int, block_size: int) -> jnp.ndarray:

@@ -1,6 +1,10 @@
-"""The diagonalwise refactorization for Keras 3 (TensorFlow, JAX and PyTorch backends).
+"""Depthwise convolutions for Keras 3 (TensorFlow, JAX and PyTorch backends) by the algorithm of
+your choice: ``algorithm="native"``, ``"block_diagonal:<b>"`` (the diagonalwise refactorization;
+``block_size=b`` is the shorthand, and with neither the paper's 32 channels per block) or, on the
+JAX backend, ``"shift_add"`` (:mod:`diagonalwise.jax.shift_add`, which XLA computes far faster
+than its own depthwise convolution on the CPU).
 
-Equivalence contract: ``DiagonalwiseDepthwiseConv2D(..., block_size=b)`` equals
+Equivalence contract: ``DiagonalwiseDepthwiseConv2D(..., algorithm=a)`` equals
 ``keras.layers.DepthwiseConv2D(...)`` with the same arguments in value and in every gradient, to
 rounding. It has the same weights, with the same names, shapes and order (``kernel`` of shape
 (kh, kw, channels, depth_multiplier), then ``bias``), so saved weights load either way. The same
@@ -12,7 +16,11 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from ..blocking import resolve_block_size
+from ..algorithm_names import parse_algorithm
+
+_SPECS = {(1, "channels_last"): ("NWC", "WIO", "NWC"), (1, "channels_first"): ("NCW", "WIO", "NCW"),
+          (2, "channels_last"): ("NHWC", "HWIO", "NHWC"),
+          (2, "channels_first"): ("NCHW", "HWIO", "NCHW")}
 
 _EINSUM = {1: "lgjm,ij->ligjm", 2: "hwgjm,ij->hwigjm"}
 
@@ -31,20 +39,42 @@ def block_diagonal_depthwise_kernel(kernel, block_size: int):
 class _DiagonalwiseDepthwise:
     """Shared by the 1D and 2D layers; combined with the Keras layer it replaces."""
 
-    def __init__(self, *args, block_size: int | None = None, **kwargs) -> None:
+    def __init__(self, *args, block_size: int | None = None, algorithm: str | None = None,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.requested_block_size = block_size
+        self.requested_block_size, self.algorithm = block_size, algorithm
         self.block_size: int | None = None
 
     def build(self, input_shape) -> None:
         super().build(input_shape)
         axis = -1 if self.data_format == "channels_last" else 1
-        self.block_size = resolve_block_size(self.requested_block_size, input_shape[axis])
+        self.family, size = parse_algorithm(self.algorithm, self.requested_block_size,
+                                            input_shape[axis], 1)
+        if self.family == "shift_add" and keras.backend.backend() != "jax":
+            raise ValueError(f"shift_add runs on the JAX backend, not {keras.backend.backend()}; "
+                             "use native or block_diagonal:<b>")
+        self.block_size = size if self.family == "block_diagonal" else None
+
+    def _convolve(self, inputs):
+        options = dict(strides=self.strides, padding=self.padding, data_format=self.data_format,
+                       dilation_rate=self.dilation_rate)
+        if self.family == "native":
+            return ops.depthwise_conv(inputs, self.kernel, **options)
+        if self.family == "block_diagonal":
+            kernel = block_diagonal_depthwise_kernel(self.kernel, self.block_size)
+            return ops.conv(inputs, kernel, **options)
+        from ..jax import depthwise_conv
+
+        rank = len(self.kernel.shape) - 2
+        *window, channels, multiplier = self.kernel.shape
+        kernel = ops.reshape(self.kernel, (*window, 1, channels * multiplier))
+        return depthwise_conv(inputs, kernel, self.strides, self.padding.upper(),
+                              rhs_dilation=self.dilation_rate,
+                              dimension_numbers=_SPECS[(rank, self.data_format)],
+                              algorithm="shift_add")
 
     def call(self, inputs):
-        kernel = block_diagonal_depthwise_kernel(self.kernel, self.block_size)
-        outputs = ops.conv(inputs, kernel, strides=self.strides, padding=self.padding,
-                           data_format=self.data_format, dilation_rate=self.dilation_rate)
+        outputs = self._convolve(inputs)
         if self.use_bias:
             rank = len(self.kernel.shape) - 2
             shape = ((1,) * (rank + 1) + (-1,) if self.data_format == "channels_last"
@@ -53,16 +83,18 @@ class _DiagonalwiseDepthwise:
         return self.activation(outputs) if self.activation is not None else outputs
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "block_size": self.requested_block_size}
+        return {**super().get_config(), "block_size": self.requested_block_size,
+                "algorithm": self.algorithm}
 
 
 class DiagonalwiseDepthwiseConv2D(_DiagonalwiseDepthwise, keras.layers.DepthwiseConv2D):
-    """``keras.layers.DepthwiseConv2D`` plus ``block_size`` (channels per dense block; None: the
-    paper's 32 rounded down to a divisor of the channel count; 1: the depthwise conv itself)."""
+    """``keras.layers.DepthwiseConv2D`` plus ``algorithm`` (see the module) or ``block_size``
+    (channels per dense block; None: the paper's 32 rounded down to a divisor of the channel
+    count; 1: the depthwise conv itself)."""
 
 
 class DiagonalwiseDepthwiseConv1D(_DiagonalwiseDepthwise, keras.layers.DepthwiseConv1D):
-    """``keras.layers.DepthwiseConv1D`` plus ``block_size``, as the 2D layer."""
+    """``keras.layers.DepthwiseConv1D`` plus ``algorithm`` or ``block_size``, as the 2D layer."""
 
 
 _REPLACEMENTS = {keras.layers.DepthwiseConv2D: DiagonalwiseDepthwiseConv2D,
@@ -76,16 +108,19 @@ for _native, _layer in _REPLACEMENTS.items():
     keras.saving.register_keras_serializable(package="diagonalwise")(_layer)
 
 
-def convert_model(model: keras.Model, block_size: int | None = None) -> keras.Model:
+def convert_model(model: keras.Model, block_size: int | None = None,
+                  algorithm: str | None = None) -> keras.Model:
     """A copy of a Sequential or functional ``model`` in which every layer whose type is exactly
     ``DepthwiseConv1D/2D`` is its diagonalwise layer, with the same weights (a new model: Keras
-    graphs are not edited in place). ``block_size`` as in the layers, for every converted layer."""
+    graphs are not edited in place). ``block_size`` or ``algorithm`` as in the layers, for every
+    converted layer."""
 
     def clone(layer):
         replacement = _REPLACEMENTS.get(type(layer))
         if replacement is None:
             return layer.__class__.from_config(layer.get_config())
-        return replacement.from_config({**layer.get_config(), "block_size": block_size})
+        return replacement.from_config({**layer.get_config(), "block_size": block_size,
+                                        "algorithm": algorithm})
 
     converted = keras.models.clone_model(model, clone_function=clone)
     converted.set_weights(model.get_weights())
