@@ -280,3 +280,11 @@ def test_the_training_loss_equals_an_independent_float64_reference(which):
         expected = (target.astype(np.float64) * (output + depthwise_bias)).sum()
         # train_on_batch reports the loss through Keras's float32 loss tracker
         np.testing.assert_allclose(loss, expected, rtol=max(TOL["rtol"], 1e-5), err_msg=f"jit {jit}")
+
+
+def test_training_step_bench_gates_then_times_each_variant():
+    from diagonalwise.keras.bench import bench_training
+
+    rows = bench_training(batch=2, size=32, repeats=1)
+    assert [r["variant"] for r in rows] == ["native", "paper"] + ALGORITHMS[1:]
+    assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows)
