@@ -40,11 +40,14 @@ class DiagonalwiseConv2D(nn.Conv2D):
         out_channels = self._channels
         in_per_group = self._in_channels // groups
         kernel = self._kwargs["kernel"]
-        # (blocks, b, out/group, 1, in/group, *k) x eye (1, b, 1, b, 1, *1) -> block-diagonal
+        # (blocks, b, out/group, 1, in/group * taps) x eye (1, b, 1, b, 1) -> block-diagonal;
+        # five dimensions at most, as MKLDNN's arrays take (seven failed in float32)
+        taps = 1
+        for size in kernel:
+            taps *= size
         compact = F.reshape(weight, (groups // block, block, out_channels // groups, 1,
-                                     in_per_group, *kernel))
-        eye = F.reshape(F.eye(block, dtype=self.weight.dtype),
-                        (1, block, 1, block, 1) + (1,) * len(kernel))
+                                     in_per_group * taps))
+        eye = F.reshape(F.eye(block, dtype=self.weight.dtype), (1, block, 1, block, 1))
         dense = F.reshape(F.broadcast_mul(compact, eye),
                           (out_channels, block * in_per_group, *kernel))
         kwargs = dict(self._kwargs, num_group=groups // block)
