@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 QUIET_PIP := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
 .PHONY: demo test test-torch test-triton test-jax test-tf test-mxnet lint install cpu-kernels bench \
-	bench-gpu clean darknet-oracle
+	bench-gpu bench-frameworks clean darknet-oracle
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -107,6 +107,21 @@ bench: $(INSTALLED)
 bench-gpu: $(INSTALLED)
 	MODELS="mobilenet_v1 mobilenet_v2 efficientnet_b0 convnext_tiny large_kernels regnet_y_400mf \
 		resnext50_32x4d mobilenet_v3_large x3d_style causal_conv1d" benchmarks/run_suite.sh
+
+# The paper's table per framework: MobileNet V1 training steps (batch 16, 224x224) in each
+# framework's environment, into benchmarks/results/<machine>-<date>/{jax,keras,mxnet}/; the
+# PyTorch rows come from `make bench`.
+RESULTS = benchmarks/results/$(shell $(PY) -c "import re; from diagonalwise.timing import \
+	device_name; print(re.sub(r'[^a-z0-9]+', '-', device_name('cpu').lower()).strip('-'))")-$(shell date +%Y%m%d)
+bench-frameworks: $(INSTALLED) .venv-jax/.installed .venv-tf/.installed .venv-mxnet/.installed
+	.venv-jax/bin/python -m diagonalwise.jax.bench --output $(RESULTS)/jax/layers.json
+	.venv-jax/bin/python -m diagonalwise.flax.bench --output $(RESULTS)/jax/training_step.json
+	KERAS_BACKEND=jax .venv-jax/bin/python -m diagonalwise.keras.bench --output $(RESULTS)/keras/jax.json
+	KERAS_BACKEND=torch $(PY) -m diagonalwise.keras.bench --output $(RESULTS)/keras/torch.json
+	KERAS_BACKEND=tensorflow .venv-tf/bin/python -m diagonalwise.keras.bench \
+		--output $(RESULTS)/keras/tensorflow.json
+	.venv-mxnet/bin/python -m diagonalwise.mxnet.bench --block-size 8 --block-size 16 \
+		--output $(RESULTS)/mxnet/training_step.json
 
 clean:
 	rm -rf $(VENV) .venv-jax .venv-tf .venv-mxnet .pytest_cache .ruff_cache .hypothesis
