@@ -200,9 +200,10 @@ def train_both(config: TrainConfig, device: torch.device, output: Path, command:
     else:
         train_set, test_set, classes = image_folder_dataset(config.data, size, config.limit)
     if is_model_file(config.model):
-        if output_classes(native) < classes:
-            raise UsageError(f"{config.model} gives {output_classes(native)} value(s) per image; "
-                             f"the data has {classes} classes (a classifier is needed)")
+        outputs = output_classes(native)
+        if outputs < classes:
+            raise UsageError(f"{config.model} gives {outputs} value(s) per image; the data has "
+                             f"{classes} classes (a classifier is needed)")
     else:
         native = build_model(config.model, classes, config.width)
     if config.block_size == "auto":
