@@ -11,8 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "diagonalwise"
 
 #: Each module's layer; a module may import only from its own layer or lower ones.
 LAYERS = [
-    {"blocking", "shapes", "algorithm_names", "reference", "layout", "call", "atomic_files", "timing",
-     "errors"},
+    {"blocking", "shapes", "algorithm_names", "framework_bench", "reference", "layout", "call",
+     "atomic_files", "timing", "errors"},
     {"kernels"},
     {"algorithms"},
     {"functional"},
@@ -23,7 +23,7 @@ LAYERS = [
     {"bench"},
     {"cli", "__main__"},
 ]
-FRAMEWORK_FREE = {"blocking", "shapes", "algorithm_names", "atomic_files"}
+FRAMEWORK_FREE = {"blocking", "shapes", "algorithm_names", "atomic_files", "framework_bench"}
 FRONT_ENDS = {"jax", "flax", "keras", "mxnet"}
 
 

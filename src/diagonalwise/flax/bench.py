@@ -11,9 +11,7 @@ before it is timed.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
+import functools
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from ..framework_bench import gated_training_rows, report
 from ..jax.tuning import TuningCache
 from . import DiagonalwiseConv
 from .tuning import tune_model
@@ -30,7 +29,6 @@ from .tuning import tune_model
 #: (output channels, stride) of MobileNet V1's 13 depthwise-separable blocks
 BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
           (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
-LOSS_TOLERANCE = 1e-4
 
 
 class MobileNetV1(nnx.Module):
@@ -81,39 +79,22 @@ def bench_training(batch: int, size: int, width: float, repeats: int, warmup: in
     x = jnp.asarray(rng.standard_normal((batch, size, size, 3)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, classes, batch))
     variants = {"native": "native", "paper": None, "shift_add": "shift_add", "tuned": "native"}
-    states, rows = {}, []
+    first, steps, depthwise = {}, {}, {}
     for name, algorithm in variants.items():
         model = MobileNetV1(algorithm, width=width, classes=classes, rngs=nnx.Rngs(0))
+        depthwise[name] = algorithm or "block_diagonal (the paper's 32 channels)"
         if name == "tuned":
             chosen = tune_model(model, x, cache=cache, log=lambda message: None)
             counts = Counter(chosen.values())
-            variants[name] = ", ".join(f"{n}x {a}" for a, n in sorted(counts.items()))
+            depthwise[name] = ", ".join(f"{n}x {a}" for a, n in sorted(counts.items()))
         optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
-        first = float(train_step(model, optimizer, x, labels))  # compiles
-        states[name] = (model, optimizer, first)
-    reference = states["native"][2]
-    timed = {}
-    for name, (_, _, first) in states.items():
-        error = abs(first - reference) / abs(reference)
-        status = "ok" if error <= LOSS_TOLERANCE else f"failed: first loss off by {error:.1e}"
-        rows.append({"variant": name,
-                     "depthwise": variants[name] or "block_diagonal (the paper's 32 channels)",
-                     "status": status, "batch": batch, "size": size, "width": width})
-        if status == "ok":
-            timed[name] = []
-    for round_index in range(warmup + repeats):
-        for name in timed:
-            model, optimizer, _ = states[name]
-            start = time.perf_counter()
-            jax.block_until_ready(train_step(model, optimizer, x, labels))
-            if round_index >= warmup:
-                timed[name].append(time.perf_counter() - start)
+        first[name] = float(train_step(model, optimizer, x, labels))  # compiles
+        steps[name] = functools.partial(
+            lambda m, o: jax.block_until_ready(train_step(m, o, x, labels)), model, optimizer)
+    rows = gated_training_rows(first, steps, {"batch": batch, "size": size, "width": width},
+                               warmup, repeats)
     for row in rows:
-        times = timed.get(row["variant"])
-        if times:
-            row["median_ms"] = 1e3 * statistics.median(times)
-            row["min_ms"], row["max_ms"] = 1e3 * min(times), 1e3 * max(times)
-            row["speedup"] = statistics.median(timed["native"]) / statistics.median(times)
+        row["depthwise"] = depthwise[row["variant"]]
     return rows
 
 
@@ -129,17 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = TuningCache(args.output.with_name(args.output.stem + "-tuning-cache.json")) \
         if args.output else True
     rows = bench_training(args.batch, args.size, args.width, args.repeats, cache=cache)
-    for row in rows:
-        timing = f"{row['median_ms']:9.1f} ms  {row['speedup']:5.2f}x" if "median_ms" in row else ""
-        print(f"{row['variant']:<10} {row['status']:<4} {timing}  {row['depthwise']}")
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(
-            {"provenance": {"jax": jax.__version__, "backend": jax.default_backend(),
-                            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                            "arguments": vars(args) | {"output": str(args.output)}},
-             "training_step": rows}, indent=1) + "\n")
-        print(f"written to {args.output}")
+    report(rows, args.output, {"jax": jax.__version__, "backend": jax.default_backend(),
+                               "arguments": vars(args) | {"output": str(args.output)}})
     return 0
 
 

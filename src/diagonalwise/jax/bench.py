@@ -8,6 +8,7 @@ timed only if it passes, the algorithms taking turns round by round.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -20,6 +21,7 @@ import numpy as np
 from jax import lax
 
 from ..blocking import resolve_block_size
+from ..framework_bench import time_in_turns
 from . import grouped_conv_general_dilated
 
 #: MobileNet V1's depthwise layers as (channels, input side at 224, stride), distinct ones only
@@ -67,20 +69,15 @@ def bench_layer(channels: int, side: int, stride: int, batch: int, repeats: int,
     (_, want), want_grads = steps["native"](x, kernel, cotangent)
     row = {"layer": f"dw {channels} {side}x{side} s{stride}", "batch": batch, "status": {},
            "median_ms": {}, "spread_ms": {}}
-    timed = {}
+    passed = {}
     for name, step in steps.items():
         (_, got), got_grads = step(x, kernel, cotangent)
         error = max(_relative_error(a, b) for a, b in zip((got, *got_grads), (want, *want_grads)))
         row["status"][name] = "ok" if error <= TOLERANCE else f"failed: relative error {error:.1e}"
         if error <= TOLERANCE:
-            timed[name] = []
-    for round_index in range(warmup + repeats):
-        for name in timed:
-            start = time.perf_counter()
-            jax.block_until_ready(steps[name](x, kernel, cotangent))
-            if round_index >= warmup:
-                timed[name].append(time.perf_counter() - start)
-    for name, times in timed.items():
+            passed[name] = functools.partial(
+                lambda step: jax.block_until_ready(step(x, kernel, cotangent)), step)
+    for name, times in time_in_turns(passed, warmup, repeats).items():
         row["median_ms"][name] = 1e3 * statistics.median(times)
         quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
         row["spread_ms"][name] = 1e3 * (quartiles[2] - quartiles[0])

@@ -10,17 +10,14 @@ Each variant's first loss must equal native's (float32, 1e-4 relative) before it
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
+import functools
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from ..framework_bench import gated_training_rows, report
 from . import convert_model
-
-LOSS_TOLERANCE = 1e-4
 
 
 def _compiled(model: keras.Model) -> keras.Model:
@@ -43,26 +40,11 @@ def bench_training(batch: int, size: int, repeats: int, warmup: int = 1) -> list
               for name, options in variants.items()}
     first = {name: float(np.asarray(model.train_on_batch(x, labels)).reshape(-1)[0])
              for name, model in models.items()}  # compiles
-    rows, times = [], {}
-    for name in models:
-        error = abs(first[name] - first["native"]) / abs(first["native"])
-        status = "ok" if error <= LOSS_TOLERANCE else f"failed: first loss off by {error:.1e}"
-        rows.append({"variant": name, "status": status, "batch": batch, "size": size,
-                     "backend": keras.backend.backend()})
-        if status == "ok":
-            times[name] = []
-    for round_index in range(warmup + repeats):
-        for name in times:
-            start = time.perf_counter()
-            models[name].train_on_batch(x, labels)
-            if round_index >= warmup:
-                times[name].append(time.perf_counter() - start)
-    for row in rows:
-        if times.get(row["variant"]):
-            row["median_ms"] = 1e3 * statistics.median(times[row["variant"]])
-            row["speedup"] = statistics.median(times["native"]) / statistics.median(
-                times[row["variant"]])
-    return rows
+    steps = {name: functools.partial(model.train_on_batch, x, labels)
+             for name, model in models.items()}
+    return gated_training_rows(first, steps, {"batch": batch, "size": size,
+                                              "backend": keras.backend.backend()},
+                               warmup, repeats)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,17 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     rows = bench_training(args.batch, args.size, args.repeats)
-    for row in rows:
-        timing = f"{row['median_ms']:9.1f} ms  {row['speedup']:5.2f}x" if "median_ms" in row else ""
-        print(f"{row['backend']:<11} {row['variant']:<10} {row['status']:<4} {timing}")
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(
-            {"provenance": {"keras": keras.__version__, "backend": keras.backend.backend(),
-                            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                            "arguments": vars(args) | {"output": str(args.output)}},
-             "training_step": rows}, indent=1) + "\n")
-        print(f"written to {args.output}")
+    report(rows, args.output, {"keras": keras.__version__, "backend": keras.backend.backend(),
+                               "arguments": vars(args) | {"output": str(args.output)}},
+           label=f"{keras.backend.backend():<11} ")
     return 0
 
 

@@ -10,9 +10,6 @@ variants taking turns round by round. Each variant's first loss must equal nativ
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
 from pathlib import Path
 
 import mxnet as mx
@@ -20,11 +17,11 @@ import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
+from ..framework_bench import gated_training_rows, report
 from . import DiagonalwiseConv2D
 
 BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
           (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
-LOSS_TOLERANCE = 1e-4
 
 
 def mobilenet_v1(block_size: int | None, native: bool, classes: int = 1000) -> nn.HybridBlock:
@@ -73,25 +70,7 @@ def bench_training(batch: int, size: int, repeats: int, block_sizes: tuple[int, 
             return loss.asscalar()
 
         steps[name], first[name] = step, step()
-    rows, times = [], {}
-    for name in steps:
-        error = abs(first[name] - first["native"]) / abs(first["native"])
-        status = "ok" if error <= LOSS_TOLERANCE else f"failed: first loss off by {error:.1e}"
-        rows.append({"variant": name, "status": status, "batch": batch, "size": size})
-        if status == "ok":
-            times[name] = []
-    for round_index in range(warmup + repeats):
-        for name in times:
-            start = time.perf_counter()
-            steps[name]()
-            if round_index >= warmup:
-                times[name].append(time.perf_counter() - start)
-    for row in rows:
-        if times.get(row["variant"]):
-            row["median_ms"] = 1e3 * statistics.median(times[row["variant"]])
-            row["speedup"] = statistics.median(times["native"]) / statistics.median(
-                times[row["variant"]])
-    return rows
+    return gated_training_rows(first, steps, {"batch": batch, "size": size}, warmup, repeats)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,16 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     rows = bench_training(args.batch, args.size, args.repeats, tuple(args.block_size))
-    for row in rows:
-        timing = f"{row['median_ms']:9.1f} ms  {row['speedup']:5.2f}x" if "median_ms" in row else ""
-        print(f"{row['variant']:<18} {row['status']:<4} {timing}")
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(
-            {"provenance": {"mxnet": mx.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                            "arguments": vars(args) | {"output": str(args.output)}},
-             "training_step": rows}, indent=1) + "\n")
-        print(f"written to {args.output}")
+    report(rows, args.output, {"mxnet": mx.__version__,
+                               "arguments": vars(args) | {"output": str(args.output)}})
     return 0
 
 
