@@ -161,6 +161,52 @@ def test_report_writes_the_tables_beside_the_results_and_a_summary_into_the_read
     assert "![speedup-mobilenet_v1](cpu-run/speedup-mobilenet_v1.png)" in tables
 
 
+def _steps(*rows):
+    return {"provenance": {}, "training_step": [
+        dict(zip(("variant", "status", "median_ms", "speedup"), row)) for row in rows]}
+
+
+def test_report_writes_the_per_framework_table_from_every_frameworks_files(tmp_path):
+    from diagonalwise.bench.report import (
+        FRAMEWORKS_BEGIN,
+        FRAMEWORKS_END,
+        README_BEGIN,
+        README_END,
+    )
+
+    root = tmp_path / "results"
+    assert main(["bench", "--level", "models", "--batch-size", "2", "--size", "32", "--repeats",
+                 "1", "--warmup", "1", "--device", "cpu", "--output", str(root / "run-a"),
+                 "--no-cache"]) == 0
+    files = {
+        "run-a/jax/training_step.json": _steps(("native", "ok", 3000.0, 1.0),
+                                               ("paper", "ok", 12000.0, 0.25),
+                                               ("shift_add", "ok", 1000.0, 3.0),
+                                               ("tuned", "ok", 1200.0, 2.5)),
+        "run-a/mxnet/training_step.json": _steps(("native", "ok", 700.0, 1.0),
+                                                 ("paper", "ok", 800.0, 0.875),
+                                                 ("block_diagonal:8", "ok", 900.0, 0.78)),
+        # a later run replaces the earlier one's row; a variant that failed its check says so
+        "run-b/keras/torch.json": _steps(("native", "ok", 900.0, 1.0),
+                                         ("paper", "failed: first loss off by 1e-2")),
+    }
+    for relative, data in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(json.dumps(data))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{README_BEGIN}\n{README_END}\n{FRAMEWORKS_BEGIN}\nold\n{FRAMEWORKS_END}\n")
+    assert main(["report", "--results", str(root), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "\nold\n" not in text
+    assert "| PyTorch (oneDNN), contiguous |" in text
+    assert "| JAX + Flax NNX (XLA), NHWC | 3000 ms | 0.25x | 3.00x (shift_add); tuned 2.50x " \
+        "(tuned) | shift_add | - |" in text
+    assert "| MXNet Gluon, NCHW | 700 ms | 0.88x | 1.00x (native) | native | 3.5x |" in text
+    assert "| Keras 3 on PyTorch | 900 ms | failed: first loss off by 1e-2 | 1.00x (native) |" \
+        in text
+    assert "MobileNet V1 training step per framework" in (root / "README.md").read_text()
+
+
 @pytest.mark.parametrize("results", ["missing", "empty"])
 def test_report_refuses_without_results_and_changes_nothing(tmp_path, results, capsys):
     readme = tmp_path / "README.md"

@@ -1,0 +1,89 @@
+"""The paper's table, one row per framework, from committed results: PyTorch's MobileNet V1 and
+the Darknet/Caffe model files (``results.json``), and the training-step files the other
+frameworks' benches write (``jax/training_step.json``, ``keras/<backend>.json``,
+``mxnet/training_step.json``). For each row the newest run that has it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .results import BenchResult, number, render_markdown
+
+#: the paper's training speedups (Qin et al. 2018, Table 3; GPU, against 2017 code), as history
+PAPER = {"PyTorch": "5.4x", "Darknet": "15.4x", "Caffe": "8.4x", "MXNet": "3.5x",
+         "TensorFlow": "1.4x"}
+
+#: (file under a run directory, framework label, the paper's column)
+OTHER_FRAMEWORKS = [
+    ("jax/training_step.json", "JAX + Flax NNX (XLA), NHWC", "-"),
+    ("keras/jax.json", "Keras 3 on JAX", "-"),
+    ("keras/torch.json", "Keras 3 on PyTorch", "-"),
+    ("keras/tensorflow.json", "Keras 3 on TensorFlow", PAPER["TensorFlow"]),
+    ("mxnet/training_step.json", "MXNet Gluon, NCHW", PAPER["MXNet"]),
+]
+
+#: PyTorch-side models: name (or name prefix) -> (label, the paper's column)
+TORCH_MODELS = {"mobilenet_v1": ("PyTorch (oneDNN)", PAPER["PyTorch"]),
+                "darknet:": ("Darknet cfg in PyTorch", PAPER["Darknet"]),
+                "caffe:": ("Caffe prototxt in PyTorch", PAPER["Caffe"])}
+
+
+def _speedup(row: dict) -> str:
+    return f"{number(row['speedup'])}x" if row.get("status") == "ok" else row.get("status", "-")
+
+
+def _torch_rows(run: Path) -> dict[str, list[str]]:
+    rows = {}
+    for path in sorted(run.rglob("results.json")):
+        result = BenchResult.from_dict(json.loads(path.read_text()))
+        for model, layout in dict.fromkeys((r.model, r.layout) for r in result.models
+                                           if r.dtype == "float32"):
+            key = next((k for k in TORCH_MODELS if model == k or
+                        (k.endswith(":") and model.startswith(k))), None)
+            if key is None:
+                continue
+            variants = {r.variant: r.__dict__ for r in result.models
+                        if (r.model, r.layout, r.dtype) == (model, layout, "float32")}
+            if "native" not in variants:
+                continue
+            label, paper = TORCH_MODELS[key]
+            tuned = variants.get("tuned", {})
+            rows[f"{label}, {layout}"] = [
+                f"{label}, {layout}", f"{number(variants['native']['median_ms'], 0)} ms",
+                _speedup(variants["paper"]) if "paper" in variants else "-",
+                _speedup(tuned) if tuned else "-", tuned.get("algorithms") or "-", paper]
+    return rows
+
+
+def _other_row(path: Path, label: str, paper: str) -> list[str]:
+    steps = {row["variant"]: row for row in json.loads(path.read_text())["training_step"]}
+    native = steps["native"]
+    faster = [row for name, row in steps.items() if name not in ("native", "paper")
+              and row.get("status") == "ok"]
+    best = max(faster, key=lambda row: row["speedup"], default=None)
+    if best is None or best["speedup"] < 1:
+        best_cell, wins = "1.00x (native)", "native"
+    else:
+        best_cell = f"{number(best['speedup'])}x ({best['variant']})"
+        wins = best.get("depthwise", best["variant"])
+    tuned = steps.get("tuned")
+    if tuned is not None and tuned is not best:
+        best_cell += f"; tuned {_speedup(tuned)} ({tuned.get('depthwise', 'tuned')})"
+    return [label, f"{number(native['median_ms'], 0)} ms",
+            _speedup(steps["paper"]) if "paper" in steps else "-", best_cell, wins, paper]
+
+
+def framework_table(results_root: Path) -> str:
+    """The table in the paper's shape, or an empty string when no run has any of its rows."""
+    rows: dict[str, list[str]] = {}
+    for run in sorted(p for p in results_root.iterdir() if p.is_dir()):
+        rows.update(_torch_rows(run))
+        for relative, label, paper in OTHER_FRAMEWORKS:
+            if (run / relative).exists():
+                rows[label] = _other_row(run / relative, label, paper)
+    if not rows:
+        return ""
+    return render_markdown(["framework", "native step", "paper's 32 channels per block",
+                            "best (tuned or fastest)", "what wins", "paper (2018, GPU)"],
+                           list(rows.values()))
