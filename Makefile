@@ -114,14 +114,12 @@ bench-gpu: $(INSTALLED)
 RESULTS = benchmarks/results/$(shell $(PY) -c "import re; from diagonalwise.timing import \
 	device_name; print(re.sub(r'[^a-z0-9]+', '-', device_name('cpu').lower()).strip('-'))")-$(shell date +%Y%m%d)
 bench-frameworks: $(INSTALLED) .venv-jax/.installed .venv-tf/.installed .venv-mxnet/.installed
-	.venv-jax/bin/python -m diagonalwise.jax.bench --output $(RESULTS)/jax/layers.json
-	.venv-jax/bin/python -m diagonalwise.flax.bench --output $(RESULTS)/jax/training_step.json
-	KERAS_BACKEND=jax .venv-jax/bin/python -m diagonalwise.keras.bench --output $(RESULTS)/keras/jax.json
-	KERAS_BACKEND=torch $(PY) -m diagonalwise.keras.bench --output $(RESULTS)/keras/torch.json
-	KERAS_BACKEND=tensorflow .venv-tf/bin/python -m diagonalwise.keras.bench \
-		--output $(RESULTS)/keras/tensorflow.json
-	.venv-mxnet/bin/python -m diagonalwise.mxnet.bench --block-size 8 --block-size 16 \
-		--output $(RESULTS)/mxnet/training_step.json
+	.venv-jax/bin/python -m diagonalwise bench --framework jax --output $(RESULTS)/jax
+	.venv-jax/bin/python -m diagonalwise bench --framework keras-jax --output $(RESULTS)/keras
+	$(PY) -m diagonalwise bench --framework keras-torch --output $(RESULTS)/keras
+	.venv-tf/bin/python -m diagonalwise bench --framework keras-tf --output $(RESULTS)/keras
+	.venv-mxnet/bin/python -m diagonalwise bench --framework mxnet --output $(RESULTS)/mxnet
+	$(PY) -m diagonalwise report
 
 clean:
 	rm -rf $(VENV) .venv-jax .venv-tf .venv-mxnet .pytest_cache .ruff_cache .hypothesis

@@ -15,6 +15,7 @@ import torch
 
 from .call import DTYPES
 from .errors import UsageError
+from .framework_cli import FRAMEWORKS
 from .layout import LAYOUTS
 
 #: Modules the commands use beyond the core dependencies (the 'bench' extra), by import name.
@@ -149,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="largest dense block, in input channels (default 256)")
     bench.add_argument("--output", type=Path, help="output directory (default out/bench-DATE)")
     _model_files(bench, multi=True)
+    bench.add_argument("--framework", choices=FRAMEWORKS, default="torch",
+                       help="the paper's MobileNet V1 experiment in another framework, run in "
+                       "its environment (see diagonalwise.framework_cli); default torch")
 
     tune = commands.add_parser("tune", help="autotune a model and write its plan")
     _common(tune, ["mobilenet_v1"], multi=False)
@@ -204,6 +208,10 @@ def _cache(args, env):
 
 
 def run_bench(args, command: list[str]) -> int:
+    if args.framework != "torch":
+        from .framework_cli import main as framework_main
+
+        return framework_main(command)
     from .bench.model_files import check_size, load_model_file
     from .bench.registry import MODELS
     from .bench.suite import BenchConfig, run_bench

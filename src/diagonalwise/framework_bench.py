@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .source_commit import git_commit
+
 #: float32 training losses of a whole network, first step: largest relative gap to native
 LOSS_TOLERANCE = 1e-4
 
@@ -59,7 +61,7 @@ def report(rows: list[dict], output: Path | None, provenance: dict, label: str =
         print(f"{label}{row['variant']:<18} {row['status']:<4} {timing}")
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps({"provenance": {**provenance,
+        output.write_text(json.dumps({"provenance": {**provenance, "git_commit": git_commit(),
                                                      "date": time.strftime("%Y-%m-%d %H:%M:%S")},
                                       "training_step": rows}, indent=1) + "\n")
         print(f"written to {output}")

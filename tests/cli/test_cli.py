@@ -243,14 +243,14 @@ def test_provenance_records_the_cpu_allocator_setup(tmp_path):
 
 
 def test_provenance_finds_the_checkout_when_installed_elsewhere(tmp_path, monkeypatch):
-    from diagonalwise.bench import results
+    from diagonalwise import source_commit
 
-    checkout = results.SOURCE_ROOT
-    monkeypatch.setattr(results, "SOURCE_ROOT", tmp_path)  # as if installed into site-packages
+    checkout = source_commit.SOURCE_ROOT
+    monkeypatch.setattr(source_commit, "SOURCE_ROOT", tmp_path)  # as if installed into site-packages
     monkeypatch.chdir(checkout)
-    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", results.git_commit())
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", source_commit.git_commit())
     monkeypatch.chdir(tmp_path)
-    assert results.git_commit() == "unknown"
+    assert source_commit.git_commit() == "unknown"
 
 
 @pytest.mark.parametrize("native, ours, equal", [
@@ -349,3 +349,19 @@ def test_a_corrupt_image_is_one_line_naming_the_file(tmp_path, capsys):
                  str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("diagonalwise train: error: ") and str(corrupt) in error
+
+
+def test_bench_framework_routes_without_pytorch_and_says_what_is_missing(tmp_path, capsys):
+    from diagonalwise.entry import main as entry_main
+    from diagonalwise.framework_cli import wants_framework
+
+    assert wants_framework(["bench", "--framework", "jax"])
+    assert wants_framework(["bench", "--framework=mxnet", "--output", "x"])
+    assert not wants_framework(["bench", "--framework", "torch"])
+    assert not wants_framework(["train", "--framework", "jax"])
+    assert not wants_framework(["bench", "--model", "mobilenet_v1"])
+    # this environment has PyTorch but no MXNet: one line, exit status 2, from either entry
+    for run in (entry_main, main):
+        assert run(["bench", "--framework", "mxnet", "--output", str(tmp_path)]) == 2
+        error = capsys.readouterr().err
+        assert "--framework mxnet needs mxnet" in error and len(error.strip().splitlines()) == 1

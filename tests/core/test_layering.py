@@ -11,8 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "diagonalwise"
 
 #: Each module's layer; a module may import only from its own layer or lower ones.
 LAYERS = [
-    {"blocking", "shapes", "algorithm_names", "framework_bench", "reference", "layout", "call",
-     "atomic_files", "timing", "errors"},
+    {"blocking", "shapes", "algorithm_names", "framework_bench", "source_commit", "reference",
+     "layout", "call", "atomic_files", "timing", "errors"},
     {"kernels"},
     {"algorithms"},
     {"functional"},
@@ -21,9 +21,10 @@ LAYERS = [
     {"conversion"},
     {"tuning"},
     {"bench"},
-    {"cli", "__main__"},
+    {"cli", "framework_cli", "entry", "__main__"},
 ]
-FRAMEWORK_FREE = {"blocking", "shapes", "algorithm_names", "atomic_files", "framework_bench"}
+FRAMEWORK_FREE = {"blocking", "shapes", "algorithm_names", "atomic_files", "framework_bench",
+                  "source_commit"}
 FRONT_ENDS = {"jax", "flax", "keras", "mxnet"}
 
 
@@ -80,7 +81,21 @@ def test_imports_run_from_the_leaves_to_the_cli():
         if name.split(".")[0] in FRONT_ENDS:
             continue
         for target in targets:
+            if target.split(".")[0] in FRONT_ENDS:  # the command line runs their benches
+                assert layer(name) == len(LAYERS) - 1, f"{name} imports the front end {target}"
+                continue
             assert layer(target) <= layer(name), f"{name} imports {target}, a higher layer"
+
+
+def test_the_framework_command_imports_no_pytorch():
+    """``bench --framework jax`` must run where PyTorch is not installed."""
+    for name in ("framework_cli", "entry"):
+        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+        top_level = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+        names = {alias.name for node in top_level if isinstance(node, ast.Import)
+                 for alias in node.names}
+        names |= {node.module or "" for node in top_level if isinstance(node, ast.ImportFrom)}
+        assert not {n for n in names if n.split(".")[0] == "torch" or n in ("cli", ".cli")}, name
 
 
 def test_front_ends_use_only_framework_free_modules():

@@ -279,3 +279,19 @@ def test_the_gate_rejects_a_wrong_algorithm_and_the_margin_keeps_native(monkeypa
     assert tuning.choose({"native": 1.0, "shift_add": 0.97}) == "native"
     assert tuning.choose({"native": 1.0, "shift_add": 0.5, "block_diagonal:2": "failed"}) \
         == "shift_add"
+
+
+def test_the_command_runs_the_jax_benches_without_pytorch(tmp_path):
+    import importlib.util
+
+    from diagonalwise.entry import main
+
+    assert main(["bench", "--framework", "jax", "--batch-size", "1", "--size", "16",
+                 "--repeats", "1", "--output", str(tmp_path)]) == 0
+    assert {p.name for p in tmp_path.iterdir()} >= {"layers.json", "training_step.json"}
+    rows = json.loads((tmp_path / "training_step.json").read_text())["training_step"]
+    assert [r["variant"] for r in rows] == ["native", "paper", "shift_add", "tuned"]
+    if importlib.util.find_spec("torch") is None:  # as in make test-jax's environment
+        import sys
+
+        assert "torch" not in sys.modules

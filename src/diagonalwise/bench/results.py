@@ -6,36 +6,18 @@ import csv
 import datetime
 import io
 import shlex
-import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .. import __version__
 from ..atomic_files import write_json_atomic, write_text_atomic
+from ..source_commit import git_commit
 from ..timing import machine_line
 from .per_layer import LayerRow
 from .training_step import ModelRow
 
+
 #: The source tree the package runs from; a checkout when installed in editable mode.
-SOURCE_ROOT = Path(__file__).resolve().parents[3]
-
-
-def git_commit() -> str:
-    """The commit of the checkout the package runs from, '+dirty' if it has changes; when the
-    package is installed elsewhere, of the checkout the command runs in; 'unknown' outside any."""
-    for root in (SOURCE_ROOT, Path.cwd()):
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                    text=True, timeout=10, check=True).stdout.strip()
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                   cwd=root, capture_output=True, text=True,
-                                   timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            continue
-        return commit + ("+dirty" if dirty else "")
-    return "unknown"
-
-
 def provenance(env: dict, command: list[str], arguments: dict) -> dict:
     """What a result depends on: environment, version, commit, date, and the command as a user
     types it (``command``: the ``diagonalwise`` subcommand and its arguments)."""
