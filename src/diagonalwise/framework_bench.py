@@ -5,6 +5,7 @@ the rows printed and written as JSON."""
 
 from __future__ import annotations
 
+import csv
 import json
 import statistics
 import time
@@ -55,7 +56,8 @@ def gated_training_rows(first_losses: dict[str, float], steps: dict[str, Callabl
 
 
 def report(rows: list[dict], output: Path | None, provenance: dict, label: str = "") -> None:
-    """Print one line per row; with ``output``, write the rows and their provenance as JSON."""
+    """Print one line per row; with ``output``, write the rows and their provenance as JSON and
+    the rows as CSV beside it."""
     for row in rows:
         timing = f"{row['median_ms']:9.1f} ms  {row['speedup']:5.2f}x" if "median_ms" in row else ""
         print(f"{label}{row['variant']:<18} {row['status']:<4} {timing}")
@@ -64,4 +66,9 @@ def report(rows: list[dict], output: Path | None, provenance: dict, label: str =
         output.write_text(json.dumps({"provenance": {**provenance, "git_commit": git_commit(),
                                                      "date": time.strftime("%Y-%m-%d %H:%M:%S")},
                                       "training_step": rows}, indent=1) + "\n")
-        print(f"written to {output}")
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        with open(output.with_suffix(".csv"), "w", newline="") as handle:
+            writer = csv.DictWriter(handle, columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"written to {output} and {output.with_suffix('.csv')}")

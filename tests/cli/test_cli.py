@@ -205,6 +205,8 @@ def test_report_writes_the_per_framework_table_from_every_frameworks_files(tmp_p
     assert "| Keras 3 on PyTorch | 900 ms | failed: first loss off by 1e-2 | 1.00x (native) |" \
         in text
     assert "MobileNet V1 training step per framework" in (root / "README.md").read_text()
+    assert (root / "frameworks.png").read_bytes().startswith(PNG_MAGIC)
+    assert "![per framework](results/frameworks.png)" in text
 
 
 @pytest.mark.parametrize("results", ["missing", "empty"])

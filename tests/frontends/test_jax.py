@@ -288,7 +288,8 @@ def test_the_command_runs_the_jax_benches_without_pytorch(tmp_path):
 
     assert main(["bench", "--framework", "jax", "--batch-size", "1", "--size", "16",
                  "--repeats", "1", "--output", str(tmp_path)]) == 0
-    assert {p.name for p in tmp_path.iterdir()} >= {"layers.json", "training_step.json"}
+    assert {p.name for p in tmp_path.iterdir()} >= {"layers.json", "training_step.json",
+                                                    "training_step.csv"}
     rows = json.loads((tmp_path / "training_step.json").read_text())["training_step"]
     assert [r["variant"] for r in rows] == ["native", "paper", "shift_add", "tuned"]
     if importlib.util.find_spec("torch") is None:  # as in make test-jax's environment

@@ -33,7 +33,16 @@ def _speedup(row: dict) -> str:
     return f"{number(row['speedup'])}x" if row.get("status") == "ok" else row.get("status", "-")
 
 
-def _torch_rows(run: Path) -> dict[str, list[str]]:
+def _value(row: dict | None) -> float | None:
+    """A variant's speedup, None when it failed its check or is absent."""
+    return row["speedup"] if row and row.get("status") == "ok" else None
+
+
+#: a row of the table: its cells, then the paper's and the best speedup as numbers (for the plot)
+Row = tuple[list[str], float | None, float | None]
+
+
+def _torch_rows(run: Path) -> dict[str, Row]:
     rows = {}
     for path in sorted(run.rglob("results.json")):
         result = BenchResult.from_dict(json.loads(path.read_text()))
@@ -49,14 +58,15 @@ def _torch_rows(run: Path) -> dict[str, list[str]]:
                 continue
             label, paper = TORCH_MODELS[key]
             tuned = variants.get("tuned", {})
-            rows[f"{label}, {layout}"] = [
+            rows[f"{label}, {layout}"] = ([
                 f"{label}, {layout}", f"{number(variants['native']['median_ms'], 0)} ms",
                 _speedup(variants["paper"]) if "paper" in variants else "-",
-                _speedup(tuned) if tuned else "-", tuned.get("algorithms") or "-", paper]
+                _speedup(tuned) if tuned else "-", tuned.get("algorithms") or "-", paper],
+                _value(variants.get("paper")), _value(tuned))
     return rows
 
 
-def _other_row(path: Path, label: str, paper: str) -> list[str]:
+def _other_row(path: Path, label: str, paper: str) -> Row:
     steps = {row["variant"]: row for row in json.loads(path.read_text())["training_step"]}
     native = steps["native"]
     faster = [row for name, row in steps.items() if name not in ("native", "paper")
@@ -70,20 +80,52 @@ def _other_row(path: Path, label: str, paper: str) -> list[str]:
     tuned = steps.get("tuned")
     if tuned is not None and tuned is not best:
         best_cell += f"; tuned {_speedup(tuned)} ({tuned.get('depthwise', 'tuned')})"
-    return [label, f"{number(native['median_ms'], 0)} ms",
-            _speedup(steps["paper"]) if "paper" in steps else "-", best_cell, wins, paper]
+    return ([label, f"{number(native['median_ms'], 0)} ms",
+             _speedup(steps["paper"]) if "paper" in steps else "-", best_cell, wins, paper],
+            _value(steps.get("paper")), max(1.0, best["speedup"]) if best else 1.0)
 
 
-def framework_table(results_root: Path) -> str:
-    """The table in the paper's shape, or an empty string when no run has any of its rows."""
-    rows: dict[str, list[str]] = {}
+def framework_rows(results_root: Path) -> dict[str, Row]:
+    """Every row, from the newest run that has it."""
+    rows: dict[str, Row] = {}
     for run in sorted(p for p in results_root.iterdir() if p.is_dir()):
         rows.update(_torch_rows(run))
         for relative, label, paper in OTHER_FRAMEWORKS:
             if (run / relative).exists():
                 rows[label] = _other_row(run / relative, label, paper)
+    return rows
+
+
+def framework_table(rows: dict[str, Row]) -> str:
+    """The table in the paper's shape, or an empty string without rows."""
     if not rows:
         return ""
     return render_markdown(["framework", "native step", "paper's 32 channels per block",
                             "best (tuned or fastest)", "what wins", "paper (2018, GPU)"],
-                           list(rows.values()))
+                           [cells for cells, _, _ in rows.values()])
+
+
+def plot_frameworks(rows: dict[str, Row], path: Path) -> Path:
+    """Bars per framework: the paper's refactorization and the best we have, as speedups over
+    that framework's native training step (log scale; 1 is native)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(rows)
+    figure, axis = plt.subplots(figsize=(9, 0.45 * len(labels) + 1.5), layout="constrained")
+    positions = range(len(labels))
+    for offset, index, name in ((-0.2, 1, "the paper's 32 channels per block"),
+                                (0.2, 2, "best (tuned or fastest)")):
+        axis.barh([p + offset for p in positions],
+                  [rows[label][index] or 0 for label in labels], 0.4, label=name)
+    axis.axvline(1.0, color="black", linewidth=0.8)
+    axis.set_xscale("log")
+    axis.set_yticks(list(positions), labels, fontsize=8)
+    axis.invert_yaxis()
+    axis.set_xlabel("MobileNet V1 training step, speedup over the framework's native")
+    axis.legend(fontsize=8, loc="lower right")
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
