@@ -28,8 +28,8 @@ from . import grouped_conv_general_dilated
 
 #: largest error over largest value, of the output and both gradients, against native
 TOLERANCES = {"float64": 1e-10, "float32": 1e-4, "bfloat16": 3e-2, "float16": 3e-2}
-#: the refactorization's blocks measured, in input channels (XLA's dense convolutions on the CPU
-#: gain nothing from larger ones)
+#: the largest block measured, in input channels (a block of b channels does b times the
+#: depthwise layer's multiply-adds)
 MAX_BLOCK_CHANNELS = 64
 CACHE_FORMAT = 1
 #: a candidate this many times slower than the fastest after one timed run is not timed again
