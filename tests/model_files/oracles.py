@@ -48,6 +48,11 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def example_input(model: nn.Module, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    """A random batch of the size the model file declares."""
+    return torch.randn(batch, *model.input_shape, generator=torch.Generator().manual_seed(seed))
+
+
 def with_eps(model: nn.Module, eps: float) -> nn.Module:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):

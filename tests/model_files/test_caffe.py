@@ -16,7 +16,7 @@ from diagonalwise.caffe.schema import message_class
 from diagonalwise.errors import ModelFileError
 
 from . import nets
-from .oracles import FLOAT32_TOLERANCE, opencv_caffe, randomize, relative_error
+from .oracles import FLOAT32_TOLERANCE, example_input, opencv_caffe, randomize, relative_error
 
 pytest.importorskip("google.protobuf", reason="Caffe files need the protobuf package")
 
@@ -52,16 +52,12 @@ def _for_opencv(prototxt):
     return plain
 
 
-def _input(model, batch: int = 2, seed: int = 1) -> torch.Tensor:
-    return torch.randn(batch, *model.input_shape, generator=torch.Generator().manual_seed(seed))
-
-
 @pytest.mark.parametrize("name", [*NETS, "edges"])
 def test_outputs_equal_opencv(tmp_path, name):
     text = NETS[name]() if name in NETS else EDGES.read_text()
     prototxt, caffemodel = _write(tmp_path, name, text)
     model = load_caffe(prototxt, caffemodel).eval()
-    x = _input(model)
+    x = example_input(model)
     with torch.no_grad():
         ours = model(x)
     assert relative_error(ours, opencv_caffe(_for_opencv(prototxt), caffemodel, x)) \
@@ -114,7 +110,7 @@ def test_batch_norm_scale_factor_is_read_as_caffe_does(tmp_path):
     for want, got in zip(model.state_dict().values(), again.state_dict().values()):
         torch.testing.assert_close(got, want, rtol=1e-7, atol=0)
     model.eval()
-    x = _input(model)
+    x = example_input(model)
     with torch.no_grad():
         assert relative_error(model(x), opencv_caffe(prototxt, scaled, x)) < FLOAT32_TOLERANCE
 
@@ -164,7 +160,7 @@ def test_trained_with_the_method_the_written_file_gives_our_output_in_opencv(tmp
     trained = tmp_path / "trained.caffemodel"
     save_caffemodel(model, trained)
     model.eval()
-    x = _input(model)
+    x = example_input(model)
     with torch.no_grad():
         ours = model(x)
     assert relative_error(ours, opencv_caffe(prototxt, trained, x)) < FLOAT32_TOLERANCE

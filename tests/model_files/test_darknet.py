@@ -20,6 +20,7 @@ from .oracles import (
     FLOAT32_TOLERANCE,
     ORIGINAL_DARKNET_EPS,
     debian_darknet,
+    example_input,
     opencv_darknet,
     relative_error,
     with_eps,
@@ -39,15 +40,11 @@ OPENCV_NETS = {
 }
 
 
-def _input(model, batch: int = 2, seed: int = 1) -> torch.Tensor:
-    return torch.randn(batch, *model.input_shape, generator=torch.Generator().manual_seed(seed))
-
-
 @pytest.mark.parametrize("name", list(OPENCV_NETS))
 def test_outputs_equal_opencv(tmp_path, name):
     cfg, weights = write_darknet(tmp_path, name, OPENCV_NETS[name]())
     model = with_eps(load_darknet(cfg, weights), ORIGINAL_DARKNET_EPS).eval()
-    x = _input(model)
+    x = example_input(model)
     with torch.no_grad():
         ours = model(x)
     assert relative_error(ours, opencv_darknet(cfg, weights, x)) < FLOAT32_TOLERANCE
@@ -59,7 +56,7 @@ def test_each_activation_equals_opencv(tmp_path, activation):
     cfg, weights = write_darknet(tmp_path, activation,
                                  nets.mobilenet_v1_cfg(activation=activation))
     model = with_eps(load_darknet(cfg, weights), ORIGINAL_DARKNET_EPS).eval()
-    x = _input(model)
+    x = example_input(model)
     with torch.no_grad():
         assert relative_error(model(x), opencv_darknet(cfg, weights, x)) < FLOAT32_TOLERANCE
 
@@ -84,7 +81,7 @@ def test_activations_opencv_lacks_follow_darknets_formulas(tmp_path):
 def test_outputs_equal_the_original_darknet(tmp_path, name, text):
     cfg, weights = write_darknet(tmp_path, name, text)
     model = with_eps(load_darknet(cfg, weights), ORIGINAL_DARKNET_EPS).eval()
-    x = _input(model)
+    x = example_input(model)
     with torch.no_grad():
         ours = model(x).reshape(len(x), -1)
     theirs = debian_darknet(cfg, weights, x, ours.shape[1], tmp_path)
@@ -98,7 +95,7 @@ def test_yolo_heads_return_their_input_maps_in_cfg_order(tmp_path):
     plain = load_darknet(tmp_path / "plain.cfg", weights).eval()  # same layers but the heads
     captured = []
     plain.layers[9].register_forward_hook(lambda module, args, output: captured.append(output))
-    x = _input(detector)
+    x = example_input(detector)
     with torch.no_grad():
         heads = detector(x)
         last = plain(x)
@@ -153,7 +150,7 @@ def test_trained_with_the_method_the_written_file_gives_our_output_in_opencv(tmp
     trained = tmp_path / "trained.weights"
     save_darknet_weights(model, trained)
     model.eval()
-    x = _input(model)
+    x = example_input(model)
     with torch.no_grad():
         ours = model(x)
     assert relative_error(ours, opencv_darknet(cfg, trained, x)) < FLOAT32_TOLERANCE
@@ -162,7 +159,7 @@ def test_trained_with_the_method_the_written_file_gives_our_output_in_opencv(tmp
 def test_tune_runs_on_a_loaded_model_and_keeps_its_numbers(tmp_path):
     cfg, weights = write_darknet(tmp_path, "b0", nets.efficientnet_cfg(resolution=32))
     model = load_darknet(cfg, weights).double().eval()
-    x = _input(model).double()
+    x = example_input(model).double()
     with torch.no_grad():
         expected = model(x)
     dw.tune(model, (x,), cache=False)
