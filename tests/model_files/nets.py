@@ -7,16 +7,27 @@ from __future__ import annotations
 
 MOBILENET_V1 = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
                 (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)]
-#: (expansion, output channels, repeats, first stride)
-MOBILENET_V2 = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                (6, 160, 3, 2), (6, 320, 1, 1)]
-#: (expansion, kernel, first stride, output channels, repeats)
+#: (expansion, kernel, first stride, output channels, repeats) of the inverted-residual stages
+MOBILENET_V2 = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 3, 2, 32, 3), (6, 3, 2, 64, 4),
+                (6, 3, 1, 96, 3), (6, 3, 2, 160, 3), (6, 3, 1, 320, 1)]
 EFFICIENTNET_B0 = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
                    (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
 
 
 def scaled(channels: int, multiplier: float) -> int:
     return max(8, int(channels * multiplier + 4) // 8 * 8)
+
+
+def inverted_residuals(stages, multiplier: float):
+    """Each block of the ``stages`` in turn: (number from 1, expansion, kernel, stride, input
+    channels, output channels), the channels scaled by ``multiplier``."""
+    channels, number = scaled(32, multiplier), 0
+    for expansion, kernel, first_stride, out, repeats in stages:
+        out = scaled(out, multiplier)
+        for repeat in range(repeats):
+            number += 1
+            yield number, expansion, kernel, first_stride if repeat == 0 else 1, channels, out
+            channels = out
 
 
 class Cfg:
@@ -64,20 +75,17 @@ def mobilenet_v1_cfg(multiplier: float = 0.25, resolution: int = 64, activation:
 def mobilenet_v2_cfg(multiplier: float = 0.25, resolution: int = 64, activation: str = "relu6",
                      classes: int = 10) -> str:
     cfg = Cfg(resolution)
-    channels = scaled(32, multiplier)
-    last = cfg.conv(channels, 3, 2, activation=activation)
-    for expansion, out, repeats, first_stride in MOBILENET_V2:
-        out = scaled(out, multiplier)
-        for repeat in range(repeats):
-            stride = first_stride if repeat == 0 else 1
-            hidden = channels * expansion
-            if expansion != 1:
-                cfg.conv(hidden, activation=activation)
-            cfg.conv(hidden, 3, stride, groups=hidden, activation=activation)
-            project = cfg.conv(out)
-            if stride == 1 and channels == out:
-                project = cfg.add("shortcut", **{"from": last}, activation="linear")
-            channels, last = out, project
+    last = cfg.conv(scaled(32, multiplier), 3, 2, activation=activation)
+    for _, expansion, kernel, stride, channels, out in inverted_residuals(MOBILENET_V2,
+                                                                          multiplier):
+        hidden = channels * expansion
+        if expansion != 1:
+            cfg.conv(hidden, activation=activation)
+        cfg.conv(hidden, kernel, stride, groups=hidden, activation=activation)
+        project = cfg.conv(out)
+        if stride == 1 and channels == out:
+            project = cfg.add("shortcut", **{"from": last}, activation="linear")
+        last = project
     cfg.conv(scaled(1280, multiplier), activation=activation)
     return cfg.head(classes, False)
 
@@ -88,25 +96,22 @@ def efficientnet_cfg(multiplier: float = 0.25, resolution: int = 64, lite: bool 
     (relu6, none)."""
     activation = activation or ("relu6" if lite else "swish")
     cfg = Cfg(resolution)
-    channels = scaled(32, multiplier)
-    last = cfg.conv(channels, 3, 2, activation=activation)
-    for expansion, kernel, first_stride, out, repeats in EFFICIENTNET_B0:
-        out = scaled(out, multiplier)
-        for repeat in range(repeats):
-            stride = first_stride if repeat == 0 else 1
-            hidden = channels * expansion
-            if expansion != 1:
-                cfg.conv(hidden, activation=activation)
-            depthwise = cfg.conv(hidden, kernel, stride, groups=hidden, activation=activation)
-            if not lite:
-                cfg.add("avgpool")
-                cfg.conv(max(1, channels // 4), activation=activation, batch_normalize=0)
-                cfg.conv(hidden, activation="logistic", batch_normalize=0)
-                cfg.add("scale_channels", **{"from": depthwise})
-            project = cfg.conv(out)
-            if stride == 1 and channels == out:
-                project = cfg.add("shortcut", **{"from": last}, activation="linear")
-            channels, last = out, project
+    last = cfg.conv(scaled(32, multiplier), 3, 2, activation=activation)
+    for _, expansion, kernel, stride, channels, out in inverted_residuals(EFFICIENTNET_B0,
+                                                                          multiplier):
+        hidden = channels * expansion
+        if expansion != 1:
+            cfg.conv(hidden, activation=activation)
+        depthwise = cfg.conv(hidden, kernel, stride, groups=hidden, activation=activation)
+        if not lite:
+            cfg.add("avgpool")
+            cfg.conv(max(1, channels // 4), activation=activation, batch_normalize=0)
+            cfg.conv(hidden, activation="logistic", batch_normalize=0)
+            cfg.add("scale_channels", **{"from": depthwise})
+        project = cfg.conv(out)
+        if stride == 1 and channels == out:
+            project = cfg.add("shortcut", **{"from": last}, activation="linear")
+        last = project
     cfg.conv(scaled(1280, multiplier), activation=activation)
     return cfg.head(classes, False)
 
@@ -193,23 +198,18 @@ def mobilenet_v1_prototxt(multiplier: float = 0.25, resolution: int = 64, classe
 def mobilenet_v2_prototxt(multiplier: float = 0.25, resolution: int = 64,
                           classes: int = 10) -> str:
     net = Prototxt("MobileNet V2", resolution)
-    channels = scaled(32, multiplier)
-    x = net.conv("conv1", "data", channels, 3, 2, activation="ReLU6")
-    block = 0
-    for expansion, out, repeats, first_stride in MOBILENET_V2:
-        out = scaled(out, multiplier)
-        for repeat in range(repeats):
-            block += 1
-            stride = first_stride if repeat == 0 else 1
-            hidden, y = channels * expansion, x
-            if expansion != 1:
-                y = net.conv(f"block{block}/expand", y, hidden, activation="ReLU6")
-            y = net.conv(f"block{block}/dw", y, hidden, 3, stride, groups=hidden,
-                         activation="ReLU6")
-            y = net.conv(f"block{block}/project", y, out, activation="")
-            if stride == 1 and channels == out:
-                y = net.layer(f"block{block}/add", "Eltwise", [x, y], f"block{block}/add")
-            channels, x = out, y
+    x = net.conv("conv1", "data", scaled(32, multiplier), 3, 2, activation="ReLU6")
+    for block, expansion, kernel, stride, channels, out in inverted_residuals(MOBILENET_V2,
+                                                                              multiplier):
+        hidden, y = channels * expansion, x
+        if expansion != 1:
+            y = net.conv(f"block{block}/expand", y, hidden, activation="ReLU6")
+        y = net.conv(f"block{block}/dw", y, hidden, kernel, stride, groups=hidden,
+                     activation="ReLU6")
+        y = net.conv(f"block{block}/project", y, out, activation="")
+        if stride == 1 and channels == out:
+            y = net.layer(f"block{block}/add", "Eltwise", [x, y], f"block{block}/add")
+        x = y
     x = net.conv("conv_last", x, scaled(1280, multiplier), activation="ReLU6")
     return net.head(x, classes, False)
 
@@ -221,32 +221,27 @@ def efficientnet_prototxt(multiplier: float = 0.25, resolution: int = 64, lite: 
     layers (a fork's ``DepthwiseConvolution`` or ``ConvolutionDepthwise``)."""
     activation = "ReLU6" if lite else "Swish"
     net = Prototxt("EfficientNet-lite" if lite else "EfficientNet-B0", resolution)
-    channels = scaled(32, multiplier)
-    x = net.conv("stem", "data", channels, 3, 2, activation=activation)
-    block = 0
-    for expansion, kernel, first_stride, out, repeats in EFFICIENTNET_B0:
-        out = scaled(out, multiplier)
-        for repeat in range(repeats):
-            block += 1
-            stride = first_stride if repeat == 0 else 1
-            hidden, y, name = channels * expansion, x, f"block{block}"
-            if expansion != 1:
-                y = net.conv(f"{name}/expand", y, hidden, activation=activation)
-            y = net.conv(f"{name}/dw", y, hidden, kernel, stride, groups=hidden,
-                         activation=activation, kind=depthwise_type)
-            if not lite:
-                pooled = net.layer(f"{name}/se/pool", "Pooling", [y], f"{name}/se/pool",
-                                   "pooling_param { pool: AVE global_pooling: true } ")
-                squeezed = net.conv(f"{name}/se/reduce", pooled, max(1, channels // 4),
-                                    activation=activation, batch_norm=False)
-                gate = net.conv(f"{name}/se/expand", squeezed, hidden, activation="Sigmoid",
-                                batch_norm=False)
-                flat = net.layer(f"{name}/se/flatten", "Flatten", [gate], f"{name}/se/flat")
-                y = net.layer(f"{name}/se/scale", "Scale", [y, flat], f"{name}/se",
-                              "scale_param { axis: 0 } ")
-            y = net.conv(f"{name}/project", y, out, activation="")
-            if stride == 1 and channels == out:
-                y = net.layer(f"{name}/add", "Eltwise", [x, y], f"{name}/add")
-            channels, x = out, y
+    x = net.conv("stem", "data", scaled(32, multiplier), 3, 2, activation=activation)
+    for block, expansion, kernel, stride, channels, out in inverted_residuals(EFFICIENTNET_B0,
+                                                                              multiplier):
+        hidden, y, name = channels * expansion, x, f"block{block}"
+        if expansion != 1:
+            y = net.conv(f"{name}/expand", y, hidden, activation=activation)
+        y = net.conv(f"{name}/dw", y, hidden, kernel, stride, groups=hidden,
+                     activation=activation, kind=depthwise_type)
+        if not lite:
+            pooled = net.layer(f"{name}/se/pool", "Pooling", [y], f"{name}/se/pool",
+                               "pooling_param { pool: AVE global_pooling: true } ")
+            squeezed = net.conv(f"{name}/se/reduce", pooled, max(1, channels // 4),
+                                activation=activation, batch_norm=False)
+            gate = net.conv(f"{name}/se/expand", squeezed, hidden, activation="Sigmoid",
+                            batch_norm=False)
+            flat = net.layer(f"{name}/se/flatten", "Flatten", [gate], f"{name}/se/flat")
+            y = net.layer(f"{name}/se/scale", "Scale", [y, flat], f"{name}/se",
+                          "scale_param { axis: 0 } ")
+        y = net.conv(f"{name}/project", y, out, activation="")
+        if stride == 1 and channels == out:
+            y = net.layer(f"{name}/add", "Eltwise", [x, y], f"{name}/add")
+        x = y
     x = net.conv("head", x, scaled(1280, multiplier), activation=activation)
     return net.head(x, classes, False)
