@@ -53,6 +53,27 @@ def example_input(model: nn.Module, batch: int = 2, seed: int = 1) -> torch.Tens
     return torch.randn(batch, *model.input_shape, generator=torch.Generator().manual_seed(seed))
 
 
+def train_with_the_method(model: nn.Module, block_size: int, converted: int) -> None:
+    """Convert ``model``'s depthwise layers (``converted`` of them) to the paper's method and
+    train three SGD steps on random 10-class data; the converted weights must have moved."""
+    import diagonalwise as dw
+
+    dw.convert(model, block_size=block_size)
+    weights = [m.weight for m in model.modules() if dw.is_converted(m)]
+    assert len(weights) == converted
+    before = [w.detach().clone() for w in weights]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = torch.randn(8, *model.input_shape, generator=generator)
+        y = torch.randint(0, 10, (8,), generator=generator)
+        loss = nn.functional.cross_entropy(model(x).flatten(1), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert not any(torch.equal(a, b) for a, b in zip(before, weights))
+
+
 def with_eps(model: nn.Module, eps: float) -> nn.Module:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):

@@ -10,13 +10,19 @@ import pytest
 import torch
 from torch import nn
 
-import diagonalwise as dw
 from diagonalwise.caffe import load_caffe, save_caffemodel
 from diagonalwise.caffe.schema import message_class
 from diagonalwise.errors import ModelFileError
 
 from . import nets
-from .oracles import FLOAT32_TOLERANCE, example_input, opencv_caffe, randomize, relative_error
+from .oracles import (
+    FLOAT32_TOLERANCE,
+    example_input,
+    opencv_caffe,
+    randomize,
+    relative_error,
+    train_with_the_method,
+)
 
 pytest.importorskip("google.protobuf", reason="Caffe files need the protobuf package")
 
@@ -143,20 +149,7 @@ def test_trained_with_the_method_the_written_file_gives_our_output_in_opencv(tmp
     text = nets.mobilenet_v2_prototxt().replace("use_global_stats: true ", "")
     prototxt, caffemodel = _write(tmp_path, "v2", text)
     model = load_caffe(prototxt, caffemodel)
-    dw.convert(model, block_size=8)
-    assert sum(dw.is_converted(m) for m in model.modules()) == 17
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    generator = torch.Generator().manual_seed(0)
-    converted = [m.weight for m in model.modules() if dw.is_converted(m)]
-    before = [w.detach().clone() for w in converted]
-    for _ in range(3):
-        x = torch.randn(8, *model.input_shape, generator=generator)
-        y = torch.randint(0, 10, (8,), generator=generator)
-        loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert not any(torch.equal(a, b) for a, b in zip(before, converted))
+    train_with_the_method(model, block_size=8, converted=17)
     trained = tmp_path / "trained.caffemodel"
     save_caffemodel(model, trained)
     model.eval()

@@ -9,7 +9,6 @@ import struct
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import diagonalwise as dw
 from diagonalwise.darknet import load_darknet, save_darknet_weights
@@ -23,6 +22,7 @@ from .oracles import (
     example_input,
     opencv_darknet,
     relative_error,
+    train_with_the_method,
     with_eps,
     write_darknet,
 )
@@ -133,20 +133,7 @@ def test_write_then_read_is_bit_exact_and_keeps_the_header(tmp_path):
 def test_trained_with_the_method_the_written_file_gives_our_output_in_opencv(tmp_path):
     cfg, weights = write_darknet(tmp_path, "v1", nets.mobilenet_v1_cfg(activation="leaky"))
     model = with_eps(load_darknet(cfg, weights), ORIGINAL_DARKNET_EPS)
-    dw.convert(model, block_size=4)
-    assert sum(dw.is_converted(m) for m in model.modules()) == 13
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    generator = torch.Generator().manual_seed(0)
-    converted = [m.weight for m in model.modules() if dw.is_converted(m)]
-    before = [w.detach().clone() for w in converted]
-    for _ in range(3):
-        x = torch.randn(8, *model.input_shape, generator=generator)
-        y = torch.randint(0, 10, (8,), generator=generator)
-        loss = nn.functional.cross_entropy(model(x).flatten(1), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert not any(torch.equal(a, b) for a, b in zip(before, converted))
+    train_with_the_method(model, block_size=4, converted=13)
     trained = tmp_path / "trained.weights"
     save_darknet_weights(model, trained)
     model.eval()
