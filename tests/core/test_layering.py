@@ -11,8 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "diagonalwise"
 
 #: Each module's layer; a module may import only from its own layer or lower ones.
 LAYERS = [
-    {"blocking", "shapes", "algorithm_names", "framework_bench", "source_commit", "reference",
-     "layout", "call", "atomic_files", "timing", "errors"},
+    {"blocking", "algorithm_choice", "shapes", "algorithm_names", "framework_bench",
+     "source_commit", "reference", "layout", "call", "atomic_files", "timing", "errors"},
     {"kernels"},
     {"algorithms"},
     {"functional"},
@@ -23,8 +23,8 @@ LAYERS = [
     {"bench"},
     {"cli", "framework_cli", "entry", "__main__"},
 ]
-FRAMEWORK_FREE = {"blocking", "shapes", "algorithm_names", "atomic_files", "framework_bench",
-                  "source_commit"}
+FRAMEWORK_FREE = {"blocking", "algorithm_choice", "shapes", "algorithm_names", "atomic_files",
+                  "framework_bench", "source_commit"}
 FRONT_ENDS = {"jax", "flax", "keras", "mxnet"}
 
 

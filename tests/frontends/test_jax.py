@@ -229,7 +229,8 @@ def test_tuned_flax_model_equals_native_in_float64(tmp_path, monkeypatch):
     configs = capture_configs(tuned, x)
     assert sorted(configs) == ["a", "b"] and configs["a"].window_strides == (2, 2)
     cache = TuningCache(tmp_path / "cache.json")
-    chosen = tune_model(tuned, x, cache=cache, repeats=1, min_gain=-1.0, log=lambda m: None)
+    plan = tune_model(tuned, x, cache=cache, repeats=1, min_gain=-1.0, log=lambda m: None)
+    chosen = plan.layers
     assert set(chosen) == {"a", "b"}
     assert all(tuned_module.algorithm == chosen[path] for path, tuned_module in
                (("a", tuned.a), ("b", tuned.b)))
@@ -249,11 +250,33 @@ def test_tuned_flax_model_equals_native_in_float64(tmp_path, monkeypatch):
     monkeypatch.setattr(tuning, "measure", lambda *a, **k: pytest.fail("measured again"))
     again = _Net("native")
     cached = tune_model(again, x, cache=TuningCache(tmp_path / "cache.json"), repeats=1,
-                        min_gain=-1.0, log=lambda m: None)
+                        min_gain=-1.0, log=lambda m: None).layers
     # per layer as cached; the whole-model check (a timing) may still keep native everywhere
     per_layer = {path: cache.get(config) for path, config in configs.items()}
     assert cached in (per_layer, {path: "native" for path in per_layer})
-    assert chosen in (per_layer, {path: "native" for path in per_layer})
+    assert set(plan.whole_model) == {"native_seconds", "tuned_seconds", "kept"}
+    assert chosen == (per_layer if plan.whole_model["kept"] else dict.fromkeys(per_layer, "native"))
+
+
+def test_a_saved_plan_applies_to_a_fresh_model_all_or_nothing(tmp_path):
+    from diagonalwise.algorithm_choice import Plan
+    from diagonalwise.flax.tuning import apply_plan
+
+    plan = Plan({"a": "shift_add", "b": "block_diagonal:4"})
+    plan.save(tmp_path / "plan.json")
+    model = apply_plan(_Net("native"), Plan.load(tmp_path / "plan.json"))
+    assert (model.a.algorithm, model.b.algorithm, model.b.block_size) == \
+        ("shift_add", "block_diagonal:4", 4)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 12, 12, 8)))
+    np.testing.assert_allclose(model(x), _Net("native")(x), **TOL)
+    with pytest.raises(ValueError, match=r"no DiagonalwiseConv at: \['c'\]"):
+        apply_plan(model, Plan({"a": "native", "c": "native"}))
+    with pytest.raises(ValueError, match="does not fit this model: block_size=3 does not divide"):
+        apply_plan(model, Plan({"a": "native", "b": "block_diagonal:3"}))
+    assert (model.a.algorithm, model.b.algorithm) == ("shift_add", "block_diagonal:4")
+    (tmp_path / "bad.json").write_text('{"format": 1, "layers": {"a": 3}}')
+    with pytest.raises(ValueError, match="bad.json: not a diagonalwise plan"):
+        Plan.load(tmp_path / "bad.json")
 
 
 def test_the_gate_rejects_a_wrong_algorithm_and_the_margin_keeps_native(monkeypatch):

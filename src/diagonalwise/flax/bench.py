@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-from collections import Counter
 from pathlib import Path
 
 import jax
@@ -84,9 +83,7 @@ def bench_training(batch: int, size: int, width: float, repeats: int, warmup: in
         model = MobileNetV1(algorithm, width=width, classes=classes, rngs=nnx.Rngs(0))
         depthwise[name] = algorithm or "block_diagonal (the paper's 32 channels)"
         if name == "tuned":
-            chosen = tune_model(model, x, cache=cache, log=lambda message: None)
-            counts = Counter(chosen.values())
-            depthwise[name] = ", ".join(f"{n}x {a}" for a, n in sorted(counts.items()))
+            depthwise[name] = tune_model(model, x, cache=cache, log=lambda message: None).summary()
         optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
         first[name] = float(train_step(model, optimizer, x, labels))  # compiles
         steps[name] = functools.partial(

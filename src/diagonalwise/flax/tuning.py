@@ -1,16 +1,16 @@
 """Tuning a Flax NNX model: every :class:`~diagonalwise.flax.DiagonalwiseConv` gets the algorithm
 measured fastest for its configuration (:mod:`diagonalwise.jax.tuning`), then the whole model's
-forward+backward is timed tuned against all-native and the choices are kept only if faster."""
+forward+backward is timed tuned against all-native and the choices are kept only if faster. The
+result is a :class:`~diagonalwise.algorithm_choice.Plan` (module path -> algorithm), which
+:func:`apply_plan` gives to another instance of the same model (a saved plan, a fresh process)."""
 
 from __future__ import annotations
-
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ..algorithm_choice import Plan, check_whole_model
 from ..jax import grouped_conv_general_dilated
 from ..jax.tuning import ConvConfig, TuningCache, tune_config
 from . import DiagonalwiseConv
@@ -41,7 +41,26 @@ def capture_configs(model: nnx.Module, *example_args) -> dict[str, ConvConfig]:
     return found
 
 
-def _time_forward_backward(model: nnx.Module, example_args, repeats: int) -> float:
+def apply_plan(model: nnx.Module, plan: Plan) -> nnx.Module:
+    """Give each DiagonalwiseConv the plan names its algorithm (in place; returns ``model``). All
+    or nothing: every name is checked first, and on an error nothing changes."""
+    modules = _convolutions(model)
+    missing = sorted(set(plan.layers) - set(modules))
+    if missing:
+        raise ValueError(f"the plan names modules this model has no DiagonalwiseConv at: "
+                         f"{missing[:5]}; its DiagonalwiseConv paths are {sorted(modules)[:5]}...")
+    previous = {path: modules[path].algorithm for path in plan.layers}
+    try:
+        for path, algorithm in plan.layers.items():
+            modules[path].use_algorithm(algorithm)
+    except ValueError as error:
+        for path, algorithm in previous.items():
+            modules[path].use_algorithm(algorithm)
+        raise ValueError(f"the plan does not fit this model: {error}") from None
+    return model
+
+
+def _forward_backward(model: nnx.Module, example_args):
     graphdef, state = nnx.split(model)
 
     @jax.jit
@@ -51,44 +70,29 @@ def _time_forward_backward(model: nnx.Module, example_args, repeats: int) -> flo
             return jnp.mean(jnp.square(out.astype(jnp.float32)))
         return jax.grad(loss)(state)
 
-    jax.block_until_ready(step(state, *example_args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(step(state, *example_args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return lambda: jax.block_until_ready(step(state, *example_args))
 
 
 def tune_model(model: nnx.Module, *example_args, cache: TuningCache | bool = True,
-               repeats: int = 3, min_gain: float = 0.05, log=print) -> dict[str, str]:
+               repeats: int = 3, min_gain: float = 0.05, log=print) -> Plan:
     """Give each DiagonalwiseConv of ``model`` its fastest algorithm for ``example_args`` (in
     place), keep the choices only if the whole model's forward+backward is faster than with
-    native everywhere, and return {module path: algorithm}."""
+    native everywhere, and return the plan ({module path: algorithm} and the whole-model check)."""
     cache = TuningCache() if cache is True else (cache or None)
     configs = capture_configs(model, *example_args)
-    modules = _convolutions(model)
     chosen: dict[str, str] = {}
     for number, key in enumerate(dict.fromkeys(c.key() for c in configs.values()), start=1):
         config = next(c for c in configs.values() if c.key() == key)
         algorithm, _ = tune_config(config, cache, repeats=repeats, min_gain=min_gain)
         log(f"layer configuration {number}: {algorithm}")
-        for path, found in configs.items():
-            if found.key() == key:
-                chosen[path] = algorithm
-    for path in chosen:
-        modules[path].use_algorithm("native")
-    native_seconds = _time_forward_backward(model, example_args, repeats)
-    for path, algorithm in chosen.items():
-        modules[path].use_algorithm(algorithm)
-    tuned_seconds = _time_forward_backward(model, example_args, repeats)
-    if tuned_seconds >= native_seconds:
-        log(f"whole model: tuned {1e3 * tuned_seconds:.1f} ms, native {1e3 * native_seconds:.1f} "
-            "ms: native everywhere")
-        for path in chosen:
-            modules[path].use_algorithm("native")
-            chosen[path] = "native"
-    else:
-        log(f"whole model: tuned {1e3 * tuned_seconds:.1f} ms, native "
-            f"{1e3 * native_seconds:.1f} ms: choices kept")
-    return chosen
+        chosen |= {path: algorithm for path, found in configs.items() if found.key() == key}
+    native_step = _forward_backward(apply_plan(model, Plan(dict.fromkeys(chosen, "native"))),
+                                    example_args)
+    tuned_step = _forward_backward(apply_plan(model, Plan(chosen)), example_args)
+    check = check_whole_model(native_step, tuned_step, repeats)
+    log(f"whole model: tuned {1e3 * check['tuned_seconds']:.1f} ms, native "
+        f"{1e3 * check['native_seconds']:.1f} ms: "
+        + ("choices kept" if check["kept"] else "native everywhere"))
+    plan = Plan(chosen if check["kept"] else dict.fromkeys(chosen, "native"), check)
+    apply_plan(model, plan)
+    return plan

@@ -3,37 +3,35 @@
 For a :class:`ConvConfig` (shapes, strides, padding, dilations, dimension numbers, groups, dtype)
 every candidate runs forward+backward under ``jit``; one whose output or gradients differ from
 native beyond the dtype's tolerance is rejected with its error, the rest are timed in turns, and
-the fastest is chosen only if it beats native by ``min_gain`` (5%). Choices persist in a JSON
-cache of their own (``$DIAGONALWISE_CACHE_DIR/jax-tuning.json``, else ``~/.cache/diagonalwise``),
-one section per JAX version, backend and device, shared with nothing else.
+the fastest is chosen only if it beats native by ``min_gain`` (5%)
+(:mod:`diagonalwise.algorithm_choice`). Choices persist in a JSON cache of their own
+(``$DIAGONALWISE_CACHE_DIR/jax-tuning.json``, else ``~/.cache/diagonalwise``), one section per JAX
+version, backend and device, shared with nothing else.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import statistics
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..atomic_files import write_json_atomic
+from ..algorithm_choice import (
+    TOLERANCES,
+    ChoiceCache,
+    choose,
+    default_cache_path,
+    measure_candidates,
+)
 from ..blocking import candidate_block_sizes
 from . import grouped_conv_general_dilated
 
-#: largest error over largest value, of the output and both gradients, against native
-TOLERANCES = {"float64": 1e-10, "float32": 1e-4, "bfloat16": 3e-2, "float16": 3e-2}
 #: the largest block measured, in input channels (a block of b channels does b times the
 #: depthwise layer's multiply-adds)
 MAX_BLOCK_CHANNELS = 64
-CACHE_FORMAT = 1
-#: a candidate this many times slower than the fastest after one timed run is not timed again
-CLEAR_LOSS = 2.0
 
 
 @dataclass(frozen=True)
@@ -86,69 +84,31 @@ class ConvConfig:
         return run
 
 
-def _step(conv):
-    def loss(lhs, rhs, cotangent):
-        out = conv(lhs, rhs)
-        return jnp.vdot(out, cotangent), out
-
-    return jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))
-
-
-def _relative_error(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
-
-
 def measure(config: ConvConfig, *, repeats: int = 3) -> dict[str, float | str]:
-    """Seconds per forward+backward (median of ``repeats``) for each candidate that passes the
-    gate, or why it has none. The gate's run warms each candidate up; then one timed run each,
-    and more, in turns, only for those within ``CLEAR_LOSS`` of the fastest. Block sizes go from
-    the largest down and stop at the first clear loss: with fewer channels per block XLA's grouped
-    convolution only gets slower (seen here: 0.19 s at 64 channels, 24 s at 2, on one layer)."""
+    """Seconds per forward+backward under ``jit`` (median of ``repeats``) for each candidate that
+    passes the correctness gate, or why it has none (:func:`measure_candidates`)."""
     rng = np.random.default_rng(0)
     dtype = jnp.dtype(config.dtype)
     lhs = jnp.asarray(rng.standard_normal(config.lhs_shape), dtype)
     rhs = jnp.asarray(rng.standard_normal(config.rhs_shape), dtype)
     out_shape = jax.eval_shape(config.conv("native"), lhs, rhs).shape
     cotangent = jnp.asarray(rng.standard_normal(out_shape), dtype)
-    names = config.candidates()
-    blocks = [name for name in names if name.startswith("block_diagonal:")]
-    results: dict[str, float | str] = {}
-    steps, times = {}, {}
-    reference, blocks_lost = None, False
-    for name in [name for name in names if name not in blocks] + blocks[::-1]:
-        if blocks_lost:
-            results[name] = "not measured: a larger block was already a clear loss"
-            continue
-        step = _step(config.conv(name))
-        (_, got), got_grads = step(lhs, rhs, cotangent)
-        if reference is None:
-            reference = (got, *got_grads)
-        error = max(_relative_error(a, b) for a, b in zip((got, *got_grads), reference))
-        if error > TOLERANCES.get(config.dtype, 1e-4):
-            results[name] = f"failed correctness: relative error {error:.1e}"
-            continue
-        start = time.perf_counter()
-        jax.block_until_ready(step(lhs, rhs, cotangent))
-        steps[name], times[name] = step, [time.perf_counter() - start]
-        blocks_lost = name in blocks and \
-            times[name][0] > CLEAR_LOSS * min(seconds[0] for seconds in times.values())
-    fastest = min(seconds[0] for seconds in times.values())
-    for _ in range(repeats - 1):
-        for name, step in steps.items():
-            if times[name][0] <= CLEAR_LOSS * fastest:
-                start = time.perf_counter()
-                jax.block_until_ready(step(lhs, rhs, cotangent))
-                times[name].append(time.perf_counter() - start)
-    results.update({name: statistics.median(seconds) for name, seconds in times.items()})
-    return results
 
+    def make_step(name):
+        def loss(lhs, rhs):
+            out = config.conv(name)(lhs, rhs)
+            return jnp.vdot(out, cotangent), out
 
-def choose(measured: dict[str, float | str], min_gain: float = 0.05) -> str:
-    """The fastest timed algorithm, if it beats native by ``min_gain``; else native."""
-    timed = {name: seconds for name, seconds in measured.items() if isinstance(seconds, float)}
-    best = min(timed, key=timed.get)
-    return best if timed[best] * (1 + min_gain) <= timed["native"] else "native"
+        step = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))
+
+        def run():
+            (_, out), grads = step(lhs, rhs)
+            return jax.block_until_ready((out, *grads))
+
+        return run
+
+    return measure_candidates(config.candidates(), make_step,
+                              TOLERANCES.get(config.dtype, 1e-4), repeats)
 
 
 def environment() -> str:
@@ -156,32 +116,18 @@ def environment() -> str:
     return f"jax {jax.__version__} {jax.default_backend()} {getattr(device, 'device_kind', device)}"
 
 
-class TuningCache:
-    """Measured choices per :meth:`ConvConfig.key`, in a JSON file, per environment."""
+class TuningCache(ChoiceCache):
+    """Measured choices per :meth:`ConvConfig.key`, in ``path`` (default: ``jax-tuning.json`` in
+    the cache directory), per JAX environment."""
 
     def __init__(self, path: str | os.PathLike | None = None):
-        root = Path(os.environ.get("DIAGONALWISE_CACHE_DIR") or Path.home() / ".cache" / "diagonalwise")
-        self.path = Path(path) if path else root / "jax-tuning.json"
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):  # none yet, or unreadable: measured afresh and rewritten
-            data = None
-        if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
-            data = {"format": CACHE_FORMAT, "environments": {}}
-        self.data = data
-
-    def _section(self) -> dict:
-        return self.data["environments"].setdefault(environment(), {})
+        super().__init__(path or default_cache_path("jax-tuning.json"), environment())
 
     def get(self, config: ConvConfig) -> str | None:
-        entry = self._section().get(config.key())
-        if isinstance(entry, dict) and entry.get("algorithm") in config.candidates():
-            return entry["algorithm"]
-        return None
+        return super().get(config.key(), config.candidates())
 
     def put(self, config: ConvConfig, algorithm: str, measured: dict) -> None:
-        self._section()[config.key()] = {"algorithm": algorithm, "measured": measured}
-        write_json_atomic(self.path, self.data)
+        super().put(config.key(), algorithm, measured)
 
 
 def tune_config(config: ConvConfig, cache: TuningCache | None = None, *, repeats: int = 3,
