@@ -1,8 +1,9 @@
 """Depthwise convolutions for Keras 3 (TensorFlow, JAX and PyTorch backends) by the algorithm of
 your choice: ``algorithm="native"``, ``"block_diagonal:<b>"`` (the diagonalwise refactorization;
-``block_size=b`` is the shorthand, and with neither the paper's 32 channels per block) or, on the
-JAX backend, ``"shift_add"`` (:mod:`diagonalwise.jax.shift_add`, which XLA computes far faster
-than its own depthwise convolution on the CPU).
+``block_size=b`` is the shorthand, and with neither the paper's 32 channels per block) or
+``"shift_add"`` (a sum of shifted products, :mod:`diagonalwise.keras.shift_add`; on the JAX
+backend :mod:`diagonalwise.jax.shift_add`, which XLA computes far faster than its own depthwise
+convolution on the CPU). :func:`diagonalwise.keras.tuning.tune_model` measures them per layer.
 
 Equivalence contract: ``DiagonalwiseDepthwiseConv2D(..., algorithm=a)`` equals
 ``keras.layers.DepthwiseConv2D(...)`` with the same arguments in value and in every gradient, to
@@ -16,7 +17,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from ..algorithm_choice import Plan
 from ..algorithm_names import parse_algorithm
+from .shift_add import shift_add_depthwise_conv
 
 _SPECS = {(1, "channels_last"): ("NWC", "WIO", "NWC"), (1, "channels_first"): ("NCW", "WIO", "NCW"),
           (2, "channels_last"): ("NHWC", "HWIO", "NHWC"),
@@ -50,9 +53,6 @@ class _DiagonalwiseDepthwise:
         axis = -1 if self.data_format == "channels_last" else 1
         self.family, size = parse_algorithm(self.algorithm, self.requested_block_size,
                                             input_shape[axis], 1)
-        if self.family == "shift_add" and keras.backend.backend() != "jax":
-            raise ValueError(f"shift_add runs on the JAX backend, not {keras.backend.backend()}; "
-                             "use native or block_diagonal:<b>")
         self.block_size = size if self.family == "block_diagonal" else None
 
     def _convolve(self, inputs):
@@ -63,6 +63,8 @@ class _DiagonalwiseDepthwise:
         if self.family == "block_diagonal":
             kernel = block_diagonal_depthwise_kernel(self.kernel, self.block_size)
             return ops.conv(inputs, kernel, **options)
+        if keras.backend.backend() != "jax":
+            return shift_add_depthwise_conv(inputs, self.kernel, **options)
         from ..jax import depthwise_conv
 
         rank = len(self.kernel.shape) - 2
@@ -109,17 +111,36 @@ for _native, _layer in _REPLACEMENTS.items():
 
 
 def convert_model(model: keras.Model, block_size: int | None = None,
-                  algorithm: str | None = None) -> keras.Model:
+                  algorithm: str | None = None, plan: Plan | None = None) -> keras.Model:
     """A copy of a Sequential or functional ``model`` in which every layer whose type is exactly
     ``DepthwiseConv1D/2D`` is its diagonalwise layer, with the same weights (a new model: Keras
     graphs are not edited in place). ``block_size`` or ``algorithm`` as in the layers, for every
-    converted layer."""
+    converted layer; or a ``plan`` (from :func:`diagonalwise.keras.tuning.tune_model`, or
+    ``Plan.load``) naming each layer's algorithm, for the layers it names only (ours included)."""
+    if plan is not None:
+        if block_size is not None or algorithm is not None:
+            raise ValueError("give a plan, or block_size/algorithm for every layer, not both")
+        ours = set(_REPLACEMENTS.values())
+        depthwise = {layer.name for layer in model.layers
+                     if type(layer) in _REPLACEMENTS or type(layer) in ours}
+        missing = sorted(set(plan.layers) - depthwise)
+        if missing:
+            raise ValueError(f"the plan names layers that are not depthwise layers of this "
+                             f"model: {missing[:5]}; its depthwise layers are "
+                             f"{sorted(depthwise)[:5]}...")
 
     def clone(layer):
+        config = layer.get_config()
+        if plan is not None:
+            if layer.name not in plan.layers:
+                return layer.__class__.from_config(config)
+            replacement = _REPLACEMENTS.get(type(layer), type(layer))
+            return replacement.from_config({**config, "block_size": None,
+                                            "algorithm": plan.layers[layer.name]})
         replacement = _REPLACEMENTS.get(type(layer))
         if replacement is None:
-            return layer.__class__.from_config(layer.get_config())
-        return replacement.from_config({**layer.get_config(), "block_size": block_size,
+            return layer.__class__.from_config(config)
+        return replacement.from_config({**config, "block_size": block_size,
                                         "algorithm": algorithm})
 
     converted = keras.models.clone_model(model, clone_function=clone)

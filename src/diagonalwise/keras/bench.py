@@ -1,7 +1,8 @@
 """The paper's experiment in Keras 3 on the backend in ``KERAS_BACKEND``: ``keras.applications``
 MobileNet (V1) training steps (``train_on_batch``: forward, cross-entropy, backward, SGD with
-momentum), native and with its depthwise layers converted (the paper's blocks, and each other
-algorithm the backend runs), from the same weights, the variants taking turns round by round.
+momentum), native and with its depthwise layers converted (the paper's blocks, shift_add, and as
+tuned per layer by :func:`diagonalwise.keras.tuning.tune_model`), from the same weights, the
+variants taking turns round by round.
 Each variant's first loss must equal native's (float32, 1e-4 relative) before it is timed.
 
 ``KERAS_BACKEND=jax python -m diagonalwise.keras.bench [--batch 16] [--size 224] [--repeats 3]``
@@ -18,6 +19,7 @@ import numpy as np
 
 from ..framework_bench import gated_training_rows, report
 from . import convert_model
+from .tuning import TuningCache, tune_model
 
 
 def _compiled(model: keras.Model) -> keras.Model:
@@ -26,25 +28,30 @@ def _compiled(model: keras.Model) -> keras.Model:
     return model
 
 
-def bench_training(batch: int, size: int, repeats: int, warmup: int = 1) -> list[dict]:
+def bench_training(batch: int, size: int, repeats: int, warmup: int = 1,
+                   cache: TuningCache | bool = True) -> list[dict]:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, size, size, 3)).astype("float32")
     labels = rng.integers(0, 1000, batch)
     keras.utils.set_random_seed(0)
     # no dropout: each converted copy would draw its own masks
     native = keras.applications.MobileNet(input_shape=(size, size, 3), weights=None, dropout=0.0)
-    variants = {"native": None, "paper": {}}
-    variants |= {name: {"algorithm": name} for name in ("shift_add",)
-                 if keras.backend.backend() == "jax"}
-    models = {name: _compiled(native if options is None else convert_model(native, **options))
-              for name, options in variants.items()}
+    tuned, plan = tune_model(native, x, cache=cache, log=lambda message: None)
+    models = {name: _compiled(model) for name, model in (
+        ("native", native), ("paper", convert_model(native)),
+        ("shift_add", convert_model(native, algorithm="shift_add")), ("tuned", tuned))}
+    depthwise = {"native": "native", "paper": "block_diagonal (the paper's 32 channels)",
+                 "shift_add": "shift_add", "tuned": plan.summary()}
     first = {name: float(np.asarray(model.train_on_batch(x, labels)).reshape(-1)[0])
              for name, model in models.items()}  # compiles
     steps = {name: functools.partial(model.train_on_batch, x, labels)
              for name, model in models.items()}
-    return gated_training_rows(first, steps, {"batch": batch, "size": size,
+    rows = gated_training_rows(first, steps, {"batch": batch, "size": size,
                                               "backend": keras.backend.backend()},
                                warmup, repeats)
+    for row in rows:
+        row["depthwise"] = depthwise[row["variant"]]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
-    rows = bench_training(args.batch, args.size, args.repeats)
+    # measured afresh into a cache beside the results, unless none is written
+    cache = TuningCache(args.output.with_name(args.output.stem + "-tuning-cache.json")) \
+        if args.output else True
+    rows = bench_training(args.batch, args.size, args.repeats, cache=cache)
     report(rows, args.output, {"keras": keras.__version__, "backend": keras.backend.backend(),
                                "arguments": vars(args) | {"output": str(args.output)}},
            label=f"{keras.backend.backend():<11} ")
