@@ -204,8 +204,16 @@ def test_report_writes_the_per_framework_table_from_every_frameworks_files(tmp_p
     assert "| MXNet Gluon, NCHW | 700 ms | 0.88x | 1.00x (native) | native | 3.5x |" in text
     assert "| Keras 3 on PyTorch | 900 ms | failed: first loss off by 1e-2 | 1.00x (native) |" \
         in text
-    assert "MobileNet V1 training step per framework" in (root / "README.md").read_text()
+    details = (root / "README.md").read_text()
+    assert "MobileNet V1 training step per framework" in details
     assert (root / "frameworks.png").read_bytes().startswith(PNG_MAGIC)
+    # each framework's file gets its table and a plot beside it
+    assert "## `run-a/mxnet/training_step.json`: MXNet Gluon, NCHW" in details
+    assert "| block_diagonal:8 | ok | 900 | - | 0.78x | - |" in details
+    for relative in files:
+        picture = (root / relative).with_suffix(".png")
+        assert picture.read_bytes().startswith(PNG_MAGIC)
+        assert f"]({picture.relative_to(root)})" in details
     assert "![per framework](results/frameworks.png)" in text
 
 

@@ -191,10 +191,11 @@ def test_layer_bench_checks_then_times_every_algorithm(tmp_path):
 def test_flax_training_step_bench_gates_then_times_each_variant():
     from diagonalwise.flax.bench import bench_training
 
-    rows = bench_training(batch=2, size=32, width=0.25, repeats=1, cache=False)
+    rows, plan = bench_training(batch=2, size=32, width=0.25, repeats=1, cache=False)
     assert [r["variant"] for r in rows] == ["native", "paper", "shift_add", "tuned"]
     assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows)
     assert rows[0]["speedup"] == 1.0
+    assert len(plan.layers) == 13 and rows[-1]["depthwise"] == plan.summary()
 
 
 class _Net:
@@ -312,7 +313,7 @@ def test_the_command_runs_the_jax_benches_without_pytorch(tmp_path):
     assert main(["bench", "--framework", "jax", "--batch-size", "1", "--size", "16",
                  "--repeats", "1", "--output", str(tmp_path)]) == 0
     assert {p.name for p in tmp_path.iterdir()} >= {"layers.json", "training_step.json",
-                                                    "training_step.csv"}
+                                                    "training_step.csv", "training_step-plan.json"}
     rows = json.loads((tmp_path / "training_step.json").read_text())["training_step"]
     assert [r["variant"] for r in rows] == ["native", "paper", "shift_add", "tuned"]
     if importlib.util.find_spec("torch") is None:  # as in make test-jax's environment

@@ -1,7 +1,8 @@
 """The paper's table, one row per framework, from committed results: PyTorch's MobileNet V1 and
 the Darknet/Caffe model files (``results.json``), and the training-step files the other
 frameworks' benches write (``jax/training_step.json``, ``keras/<backend>.json``,
-``mxnet/training_step.json``). For each row the newest run that has it."""
+``mxnet/training_step.json``). For each row the newest run that has it. Also the other frameworks'
+detailed tables, and a plot beside each of their result files."""
 
 from __future__ import annotations
 
@@ -129,3 +130,72 @@ def plot_frameworks(rows: dict[str, Row], path: Path) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def plot_training_step(path: Path) -> Path:
+    """Beside a framework's ``training_step`` JSON, a bar per variant that passed its check: its
+    speedup over native (log scale), labelled with its step time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in json.loads(path.read_text())["training_step"]
+            if row.get("status") == "ok"]
+    figure, axis = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.3), layout="constrained")
+    bars = axis.barh([row["variant"] for row in rows], [row["speedup"] for row in rows],
+                     color=["grey" if row["variant"] == "native" else "tab:blue" for row in rows])
+    axis.bar_label(bars, [f"{row['median_ms']:.0f} ms" for row in rows], fontsize=8, padding=3)
+    axis.axvline(1.0, color="black", linewidth=0.8)
+    axis.set_xscale("log")
+    axis.invert_yaxis()
+    axis.set_xlabel("training step, speedup over native")
+    axis.set_title(path.relative_to(path.parents[1]).as_posix(), fontsize=9)
+    picture = path.with_suffix(".png")
+    figure.savefig(picture, dpi=110)
+    plt.close(figure)
+    return picture
+
+
+def _layers_table(path: Path) -> str:
+    """The JAX per-layer bench: each algorithm's forward+backward, and its speedup over native."""
+    layers = json.loads(path.read_text())["layers"]
+    names = list(dict.fromkeys(name for layer in layers for name in layer["status"]))
+    rows = []
+    for layer in layers:
+        native = layer["median_ms"].get("native")
+        rows.append([layer["layer"], layer["batch"], *(
+            f"{number(layer['median_ms'][name], 1)} ms ({number(native / layer['median_ms'][name])}x)"
+            if name in layer["median_ms"] and native else layer["status"].get(name, "-")
+            for name in names)])
+    return render_markdown(["layer", "batch", *names], rows)
+
+
+def framework_details(results_root: Path) -> str:
+    """Per other-framework result file: its provenance, its training-step table and plot (written
+    here), and the JAX per-layer table."""
+    sections = []
+    for run in sorted(p for p in results_root.iterdir() if p.is_dir()):
+        for relative, label, _ in OTHER_FRAMEWORKS:
+            path = run / relative
+            if not path.exists():
+                continue
+            data = json.loads(path.read_text())
+            info = ", ".join(f"{key} {value}" for key, value in data["provenance"].items()
+                             if key != "arguments")
+            rows = [[row["variant"], row["status"], number(row.get("median_ms"), 0),
+                     f"{number(row['min_ms'], 0)}-{number(row['max_ms'], 0)}"
+                     if "min_ms" in row else "-", _speedup(row), row.get("depthwise", "-")]
+                    for row in data["training_step"]]
+            picture = plot_training_step(path)
+            sections.append(
+                f"## `{path.relative_to(results_root)}`: {label}\n\n{info}\n\n"
+                "Training step (forward, loss, backward, SGD step):\n\n"
+                + render_markdown(["variant", "status", "median ms", "min-max ms", "speedup",
+                                   "depthwise layers run"], rows)
+                + f"\n\n![{label}]({picture.relative_to(results_root)})")
+            layers = path.with_name("layers.json")
+            if relative.startswith("jax/") and layers.exists():
+                sections.append("Per depthwise layer, forward+backward under jit:\n\n"
+                                + _layers_table(layers))
+    return "\n\n".join(sections)

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from ..algorithm_choice import Plan
 from ..framework_bench import gated_training_rows, report
 from ..jax.tuning import TuningCache
 from . import DiagonalwiseConv
@@ -73,7 +74,9 @@ def train_step(model: MobileNetV1, optimizer: nnx.Optimizer, x: jnp.ndarray,
 
 
 def bench_training(batch: int, size: int, width: float, repeats: int, warmup: int = 1,
-                   classes: int = 1000, cache: TuningCache | bool = True) -> list[dict]:
+                   classes: int = 1000,
+                   cache: TuningCache | bool = True) -> tuple[list[dict], Plan]:
+    """The rows of each variant, and the plan the tuned variant runs."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((batch, size, size, 3)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, classes, batch))
@@ -83,7 +86,8 @@ def bench_training(batch: int, size: int, width: float, repeats: int, warmup: in
         model = MobileNetV1(algorithm, width=width, classes=classes, rngs=nnx.Rngs(0))
         depthwise[name] = algorithm or "block_diagonal (the paper's 32 channels)"
         if name == "tuned":
-            depthwise[name] = tune_model(model, x, cache=cache, log=lambda message: None).summary()
+            plan = tune_model(model, x, cache=cache, log=lambda message: None)
+            depthwise[name] = plan.summary()
         optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
         first[name] = float(train_step(model, optimizer, x, labels))  # compiles
         steps[name] = functools.partial(
@@ -92,7 +96,7 @@ def bench_training(batch: int, size: int, width: float, repeats: int, warmup: in
                                warmup, repeats)
     for row in rows:
         row["depthwise"] = depthwise[row["variant"]]
-    return rows
+    return rows, plan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,9 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     # measured afresh into a cache beside the results, unless none is written
     cache = TuningCache(args.output.with_name(args.output.stem + "-tuning-cache.json")) \
         if args.output else True
-    rows = bench_training(args.batch, args.size, args.width, args.repeats, cache=cache)
+    rows, plan = bench_training(args.batch, args.size, args.width, args.repeats, cache=cache)
     report(rows, args.output, {"jax": jax.__version__, "backend": jax.default_backend(),
                                "arguments": vars(args) | {"output": str(args.output)}})
+    if args.output:  # the tuned variant's choices, to apply again (Plan.load)
+        plan.save(args.output.with_name(args.output.stem + "-plan.json"))
     return 0
 
 
