@@ -116,8 +116,8 @@ RESULTS = benchmarks/results/$(shell $(PY) -c "import re; from diagonalwise.timi
 bench-frameworks: $(INSTALLED) .venv-jax/.installed .venv-tf/.installed .venv-mxnet/.installed
 	.venv-jax/bin/python -m diagonalwise bench --framework jax --output $(RESULTS)/jax
 	.venv-jax/bin/python -m diagonalwise bench --framework keras-jax --output $(RESULTS)/keras
-	$(PY) -m diagonalwise bench --framework keras-torch --output $(RESULTS)/keras
-	.venv-tf/bin/python -m diagonalwise bench --framework keras-tf --output $(RESULTS)/keras
+	$(PY) -m diagonalwise bench --framework keras-torch --repeats 5 --output $(RESULTS)/keras
+	.venv-tf/bin/python -m diagonalwise bench --framework keras-tf --repeats 5 --output $(RESULTS)/keras
 	.venv-mxnet/bin/python -m diagonalwise bench --framework mxnet --output $(RESULTS)/mxnet
 	$(PY) -m diagonalwise report
 

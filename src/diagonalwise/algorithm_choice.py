@@ -29,7 +29,9 @@ PLAN_FORMAT = 1
 
 def relative_error(got, want) -> float:
     """Largest absolute difference over the largest absolute value of ``want``."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    # MXNet's NDArray does not convert through np.asarray
+    got, want = (np.asarray(a.asnumpy() if hasattr(a, "asnumpy") else a, np.float64)
+                 for a in (got, want))
     return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
 
 
@@ -114,6 +116,11 @@ class ChoiceCache:
             return entry["algorithm"]
         return None
 
+    def measurements(self, key: str) -> dict:
+        """What was measured when ``key``'s choice was made ({} if nothing is cached)."""
+        entry = self._section().get(key)
+        return entry.get("measured", {}) if isinstance(entry, dict) else {}
+
     def put(self, key: str, algorithm: str, measured: dict) -> None:
         self._section()[key] = {"algorithm": algorithm, "measured": measured}
         write_json_atomic(self.path, self.data)
@@ -121,11 +128,28 @@ class ChoiceCache:
 
 @dataclass
 class Plan:
-    """Per layer (a Flax module path, a Keras layer name), the algorithm chosen for it; and the
-    whole-model check: seconds tuned and native, and whether the choices were kept."""
+    """Per layer (a Flax module path, a Keras layer name), the algorithm chosen for it; the
+    whole-model check (seconds tuned and native, and whether the choices were kept); and, for the
+    first layer of each distinct configuration, its input shape and what was measured for it
+    (seconds per forward+backward, or why not), as a per-layer table shows them."""
 
     layers: dict[str, str] = field(default_factory=dict)
     whole_model: dict = field(default_factory=dict)
+    measured: dict[str, dict] = field(default_factory=dict)
+
+    def layer_rows(self) -> list[dict]:
+        """One row per measured layer: its name and input, each algorithm's status and median
+        milliseconds, and the choice."""
+        rows = []
+        for name, entry in self.measured.items():
+            results = entry.get("algorithms", {})
+            rows.append({"layer": f"{name} {tuple(entry.get('input', ()))}",
+                         "chosen": self.layers.get(name),
+                         "status": {a: "ok" if isinstance(r, float) else r
+                                    for a, r in results.items()},
+                         "median_ms": {a: 1e3 * r for a, r in results.items()
+                                       if isinstance(r, float)}})
+        return rows
 
     def summary(self) -> str:
         """How many layers chose each algorithm, e.g. ``13x shift_add``."""
@@ -135,7 +159,8 @@ class Plan:
         return ", ".join(f"{n}x {a}" for a, n in sorted(counts.items()))
 
     def to_dict(self) -> dict:
-        return {"format": PLAN_FORMAT, "layers": self.layers, "whole_model": self.whole_model}
+        return {"format": PLAN_FORMAT, "layers": self.layers, "whole_model": self.whole_model,
+                "measured": self.measured}
 
     @classmethod
     def from_dict(cls, data: object) -> Plan:
@@ -148,7 +173,7 @@ class Plan:
             raise ValueError(f"not a diagonalwise plan (format {found!r}, expected {PLAN_FORMAT} "
                              "with a 'layers' mapping of names to algorithms); write one with "
                              "Plan.save")
-        return cls(dict(layers), data.get("whole_model", {}))
+        return cls(dict(layers), data.get("whole_model", {}), data.get("measured", {}))
 
     def save(self, path: str | os.PathLike) -> None:
         write_json_atomic(path, self.to_dict())

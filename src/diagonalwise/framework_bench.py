@@ -55,9 +55,11 @@ def gated_training_rows(first_losses: dict[str, float], steps: dict[str, Callabl
     return rows
 
 
-def report(rows: list[dict], output: Path | None, provenance: dict, label: str = "") -> None:
-    """Print one line per row; with ``output``, write the rows and their provenance as JSON and
-    the rows as CSV beside it."""
+def report(rows: list[dict], output: Path | None, provenance: dict, label: str = "",
+           layers: list[dict] | None = None) -> None:
+    """Print one line per row; with ``output``, write the rows, their provenance and ``layers``
+    (per depthwise layer: each algorithm's status and median milliseconds forward+backward, as
+    ``Plan.layer_rows`` gives them) as JSON, and the rows as CSV beside it."""
     for row in rows:
         timing = f"{row['median_ms']:9.1f} ms  {row['speedup']:5.2f}x" if "median_ms" in row else ""
         print(f"{label}{row['variant']:<18} {row['status']:<4} {timing}")
@@ -65,7 +67,8 @@ def report(rows: list[dict], output: Path | None, provenance: dict, label: str =
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps({"provenance": {**provenance, "git_commit": git_commit(),
                                                      "date": time.strftime("%Y-%m-%d %H:%M:%S")},
-                                      "training_step": rows}, indent=1) + "\n")
+                                      "training_step": rows, "layers": layers or []},
+                                     indent=1) + "\n")
         columns = list(dict.fromkeys(key for row in rows for key in row))
         with open(output.with_suffix(".csv"), "w", newline="") as handle:
             writer = csv.DictWriter(handle, columns)

@@ -326,10 +326,13 @@ def test_tuned_model_equals_native_and_a_second_tuning_reads_the_cache(tmp_path,
                  cache.data["environments"][tuning.environment()].items()}
     assert len(per_layer) == 2
     assert set(plan.layers.values()) <= set(per_layer.values()) | {"native"}
+    rows = plan.layer_rows()
+    assert [r["layer"] for r in rows] == ["dw_a (3, 10, 10, 4)", "dw_b (3, 10, 10, 8)"]
+    assert all(r["status"]["native"] == "ok" and r["median_ms"]["native"] > 0 for r in rows)
     monkeypatch.setattr(tuning, "measure_layer", lambda *a, **k: pytest.fail("measured again"))
     _, again = tuning.tune_model(model, x, cache=tuning.TuningCache(tmp_path / "cache.json"),
                                  repeats=1, log=lambda m: None)
-    assert set(again.layers) == {"dw_a", "dw_b"}
+    assert set(again.layers) == {"dw_a", "dw_b"} and again.measured == plan.measured
 
 
 def test_the_keras_gate_rejects_a_wrong_algorithm(monkeypatch):

@@ -87,6 +87,22 @@ def test_training_step_bench_gates_then_times_each_variant():
     assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows)
 
 
+def test_layer_bench_checks_then_times_every_block_size():
+    from diagonalwise.mxnet.bench import _depthwise_layers, bench_layers
+
+    assert _depthwise_layers(224) == [(32, 112, 1), (64, 112, 2), (128, 56, 1), (128, 56, 2),
+                                      (256, 28, 1), (256, 28, 2), (512, 14, 1), (512, 14, 2),
+                                      (1024, 7, 1)]
+    rows = bench_layers(batch=2, size=32, repeats=1)
+    assert [r["layer"] for r in rows][:2] == ["dw 32 16x16 s1", "dw 64 16x16 s2"]
+    first = rows[0]
+    assert first["status"]["native"] == "ok" and first["median_ms"]["native"] > 0
+    # 32 channels: blocks of 2, 4, 8, 16 and 32, each checked (or skipped after a clear loss)
+    assert set(first["status"]) == {"native", *(f"block_diagonal:{b}" for b in (2, 4, 8, 16, 32))}
+    assert all(status == "ok" or status.startswith("not measured")
+               for status in first["status"].values())
+
+
 def test_parameters_interchange(tmp_path):
     native, ours = make_pair(8, 16, 8, 3, 1, 1, 1, 4, False)
     path = str(tmp_path / "conv.params")

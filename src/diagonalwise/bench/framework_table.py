@@ -157,18 +157,19 @@ def plot_training_step(path: Path) -> Path:
     return picture
 
 
-def _layers_table(path: Path) -> str:
-    """The JAX per-layer bench: each algorithm's forward+backward, and its speedup over native."""
-    layers = json.loads(path.read_text())["layers"]
+def _layers_table(layers: list[dict]) -> str:
+    """Per depthwise layer, each algorithm's forward+backward and its speedup over native (or
+    why it has none), and the tuner's choice where there is one."""
     names = list(dict.fromkeys(name for layer in layers for name in layer["status"]))
+    chosen = any("chosen" in layer for layer in layers)
     rows = []
     for layer in layers:
         native = layer["median_ms"].get("native")
-        rows.append([layer["layer"], layer["batch"], *(
+        rows.append([layer["layer"], *(
             f"{number(layer['median_ms'][name], 1)} ms ({number(native / layer['median_ms'][name])}x)"
             if name in layer["median_ms"] and native else layer["status"].get(name, "-")
-            for name in names)])
-    return render_markdown(["layer", "batch", *names], rows)
+            for name in names), *([layer.get("chosen") or "-"] if chosen else [])])
+    return render_markdown(["layer", *names, *(["chosen"] if chosen else [])], rows)
 
 
 def framework_details(results_root: Path) -> str:
@@ -194,8 +195,11 @@ def framework_details(results_root: Path) -> str:
                 + render_markdown(["variant", "status", "median ms", "min-max ms", "speedup",
                                    "depthwise layers run"], rows)
                 + f"\n\n![{label}]({picture.relative_to(results_root)})")
+            if data.get("layers"):
+                sections.append("Per distinct depthwise layer, forward+backward, as the tuner "
+                                "measured it:\n\n" + _layers_table(data["layers"]))
             layers = path.with_name("layers.json")
             if relative.startswith("jax/") and layers.exists():
                 sections.append("Per depthwise layer, forward+backward under jit:\n\n"
-                                + _layers_table(layers))
+                                + _layers_table(json.loads(layers.read_text())["layers"]))
     return "\n\n".join(sections)

@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.output else True
     rows, plan = bench_training(args.batch, args.size, args.width, args.repeats, cache=cache)
     report(rows, args.output, {"jax": jax.__version__, "backend": jax.default_backend(),
-                               "arguments": vars(args) | {"output": str(args.output)}})
+                               "arguments": vars(args) | {"output": str(args.output)}},
+           layers=plan.layer_rows())
     if args.output:  # the tuned variant's choices, to apply again (Plan.load)
         plan.save(args.output.with_name(args.output.stem + "-plan.json"))
     return 0

@@ -81,10 +81,12 @@ def tune_model(model: nnx.Module, *example_args, cache: TuningCache | bool = Tru
     cache = TuningCache() if cache is True else (cache or None)
     configs = capture_configs(model, *example_args)
     chosen: dict[str, str] = {}
+    measured: dict[str, dict] = {}
     for number, key in enumerate(dict.fromkeys(c.key() for c in configs.values()), start=1):
-        config = next(c for c in configs.values() if c.key() == key)
-        algorithm, _ = tune_config(config, cache, repeats=repeats, min_gain=min_gain)
-        log(f"layer configuration {number}: {algorithm}")
+        path, config = next((p, c) for p, c in configs.items() if c.key() == key)
+        algorithm, results = tune_config(config, cache, repeats=repeats, min_gain=min_gain)
+        log(f"layer configuration {number} ({path}, input {config.lhs_shape}): {algorithm}")
+        measured[path] = {"input": list(config.lhs_shape), "algorithms": results}
         chosen |= {path: algorithm for path, found in configs.items() if found.key() == key}
     native_step = _forward_backward(apply_plan(model, Plan(dict.fromkeys(chosen, "native"))),
                                     example_args)
@@ -93,6 +95,6 @@ def tune_model(model: nnx.Module, *example_args, cache: TuningCache | bool = Tru
     log(f"whole model: tuned {1e3 * check['tuned_seconds']:.1f} ms, native "
         f"{1e3 * check['native_seconds']:.1f} ms: "
         + ("choices kept" if check["kept"] else "native everywhere"))
-    plan = Plan(chosen if check["kept"] else dict.fromkeys(chosen, "native"), check)
+    plan = Plan(chosen if check["kept"] else dict.fromkeys(chosen, "native"), check, measured)
     apply_plan(model, plan)
     return plan

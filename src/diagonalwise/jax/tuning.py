@@ -136,7 +136,7 @@ def tune_config(config: ConvConfig, cache: TuningCache | None = None, *, repeats
     if cache is not None:
         known = cache.get(config)
         if known is not None:
-            return known, {}
+            return known, cache.measurements(config.key())
     measured = measure(config, repeats=repeats)
     chosen = choose(measured, min_gain)
     if cache is not None:

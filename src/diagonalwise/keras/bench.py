@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     report(rows, args.output, {"keras": keras.__version__, "backend": keras.backend.backend(),
                                "backend_version": environment(),
                                "arguments": vars(args) | {"output": str(args.output)}},
-           label=f"{keras.backend.backend():<11} ")
+           label=f"{keras.backend.backend():<11} ", layers=plan.layer_rows())
     if args.output:  # the tuned variant's choices, to apply again (Plan.load)
         plan.save(args.output.with_name(args.output.stem + "-plan.json"))
     return 0

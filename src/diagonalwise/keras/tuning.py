@@ -162,17 +162,21 @@ def tune_model(model: keras.Model, example_input, *, cache: TuningCache | bool =
     batch = int(np.shape(example_input)[0])
     chosen: dict[str, str] = {}
     by_key: dict[str, str] = {}
+    measured: dict[str, dict] = {}
     for name, layer in _depthwise_layers(model).items():
         key, config, shape = _layer_config(layer, batch)
         if key not in by_key:
             names = candidates(layer, shape)
             known = cache.get(key, names) if cache is not None else None
             if known is None:
-                measured = measure_layer(layer, shape, config, repeats=repeats)
-                known = choose(measured, min_gain)
+                results = measure_layer(layer, shape, config, repeats=repeats)
+                known = choose(results, min_gain)
                 if cache is not None:
-                    cache.put(key, known, measured)
+                    cache.put(key, known, results)
+            else:
+                results = cache.measurements(key)
             by_key[key] = known
+            measured[name] = {"input": list(shape), "algorithms": results}
             log(f"layer configuration {len(by_key)} ({name}, input {shape}): {known}")
         chosen[name] = by_key[key]
     native = convert_model(model, plan=Plan(dict.fromkeys(chosen, "native")))
@@ -187,5 +191,5 @@ def tune_model(model: keras.Model, example_input, *, cache: TuningCache | bool =
         f"{1e3 * check['native_seconds']:.1f} ms: "
         + ("choices kept" if check["kept"] else "native everywhere"))
     if check["kept"]:
-        return tuned, Plan(chosen, check)
-    return native, Plan(dict.fromkeys(chosen, "native"), check)
+        return tuned, Plan(chosen, check, measured)
+    return native, Plan(dict.fromkeys(chosen, "native"), check, measured)
