@@ -226,3 +226,23 @@ def test_bfloat16_keeps_nan_and_inf_where_native_puts_them(layout):
     native = torch.nn.functional.conv2d(x, weight, None, 1, 1, 1, 16)
     assert torch.equal(ours.isnan(), native.isnan()) and torch.equal(ours.isinf(), native.isinf())
     assert ours.isnan().any() and ours.isinf().any()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_inf_in_the_input_reaches_only_the_weight_gradients_native_puts_it_in(layout):
+    """x's last column is never read by the left taps: their gradient stays finite, though the
+    whole-plane loops compute positions past each row's end (where dy is zero) from it."""
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    x[1, 2, 5, 8] = float("inf")
+    x = x.contiguous(memory_format=fmt).requires_grad_()
+    weight = torch.randn(4, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    grads = []
+    for algorithm in ("cpu_direct", None):
+        out = dw.conv2d(x, weight, None, 1, 1, 1, 4, algorithm=algorithm) if algorithm else \
+            torch.nn.functional.conv2d(x, weight, None, 1, 1, 1, 4)
+        grads.append(torch.autograd.grad(out, weight, dy)[0])
+    ours, native = grads
+    assert torch.equal(ours.isfinite(), native.isfinite())
+    assert native[2, 0, :, 0].isfinite().all() and not native[2].isfinite().all()
