@@ -226,6 +226,21 @@ def test_each_environment_keeps_its_own_entries(tmp_path):
     assert tuning.TuningCache(path, two_threads).lookup(call.key()).algorithm == "native"
 
 
+def test_choices_measured_with_other_kernels_are_measured_again(tmp_path):
+    """A choice timed with an older version of our kernels (another source fingerprint) is a
+    miss: seen when cpu_direct's NCHW path changed and a results folder's old cache kept the
+    choices made against the old one."""
+    from diagonalwise.kernels import source_fingerprint
+
+    path = tmp_path / "cache.json"
+    call = depthwise_call()
+    tuning.TuningCache(path, dict(ENV, kernels="older")).store(
+        tuning.LayerChoice("block_diagonal:2", call.key()))
+    current = tuning.TuningCache(path, ENV)
+    assert current.env["kernels"] == source_fingerprint() != "older"
+    assert current.lookup(call.key()) is None
+
+
 @pytest.mark.parametrize("entry, problem", [
     ({"algorithm": "warp_drive", "key": "K"}, "unknown algorithm"),
     ({"algorithm": "block_diagonal:3", "key": "K"}, "cannot run a layer with groups=8"),

@@ -6,3 +6,18 @@
 
 :mod:`diagonalwise.algorithms` wraps them as the ``"triton"`` algorithm.
 """
+
+import hashlib
+from pathlib import Path
+
+#: the sources whose code decides how fast our algorithms run
+SOURCES = ("cpu_depthwise.cpp", "triton_depthwise.py")
+
+
+def source_fingerprint() -> str:
+    """A short hash of our kernels' sources: a timing taken with other kernels is not this one's
+    (the tuning cache keeps its choices per fingerprint, so changed kernels are measured anew)."""
+    digest = hashlib.sha256()
+    for name in SOURCES:
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()[:12]

@@ -681,8 +681,9 @@ void backward_width_inner(const scalar_t* dy, Strides dys, const scalar_t* x, St
 // into a zero-padded buffer in cache; then each tap is one long loop over the flattened buffer
 // (the positions between rows are computed and dropped), instead of a short loop per row and
 // tap. The input gradient is the same sum over dy, padded by (K - 1) * D - P, with the kernel
-// flipped; the weight gradient is, per tap, the dot products of dy's rows (placed where the
-// forward's outputs sit in the padded layout) with the padded x's rows shifted by the tap.
+// flipped; the weight gradient is, per tap, one dot product of dy (placed where the forward's
+// outputs sit in the padded layout, zeros between rows) with the padded x shifted by the tap,
+// or row by row where x holds an inf or NaN.
 
 // A zero-padded copy of a D x H x W volume: the buffer's extents and where the data starts.
 struct Padded {
@@ -799,6 +800,22 @@ acc_t dot(const acc_t* a, const acc_t* b, int64_t span) {
   return total;
 }
 
+// Whether every value is finite: v - v is 0 for a finite v and NaN otherwise.
+template <typename acc_t>
+bool all_finite(const acc_t* values, int64_t count) {
+  constexpr int64_t L = 64 / sizeof(acc_t);
+  vec_t<acc_t> probe{};
+  int64_t i = 0;
+  for (; i + L <= count; i += L) {
+    const vec_t<acc_t> v = vload(values + i);
+    probe += v - v;
+  }
+  acc_t total = 0;
+  for (int64_t j = 0; j < L; ++j) total += probe[j];
+  for (; i < count; ++i) total += values[i] - values[i];
+  return total == 0;
+}
+
 // Offsets of every tap in layout p, optionally flipped (the input gradient's kernel).
 std::vector<int64_t> tap_offsets(const Padded& p, const Geometry& g, bool flipped) {
   std::vector<int64_t> offsets;
@@ -837,6 +854,14 @@ bool planes_apply_backward(const Geometry& g) {
          g.PW <= (g.KW - 1) * g.DW;
 }
 
+// Planes of one channel from consecutive samples laid end to end, as many as fit in about 64 KB
+// of acc_t (at least one): small planes (7x7, 14x14) then share one long loop per tap instead of
+// paying a loop's overhead each.
+template <typename acc_t>
+int64_t planes_per_batch(int64_t plane_size, int64_t samples) {
+  return std::max<int64_t>(1, std::min<int64_t>(samples, (64 << 10) / sizeof(acc_t) / plane_size));
+}
+
 template <typename scalar_t>
 void forward_planes(const scalar_t* x, Strides xs, const scalar_t* w, const scalar_t* b,
                     scalar_t* y, Strides ys, const Geometry& g) {
@@ -844,34 +869,41 @@ void forward_planes(const scalar_t* x, Strides xs, const scalar_t* w, const scal
   const Padded p = padded_layout(g.D, g.H, g.W, g.OD, g.OH, g.OW, g.PD, g.PH, g.PW, g);
   const int64_t span = p.at(g.OD - 1, g.OH - 1, g.OW - 1) + 1;
   const std::vector<int64_t> offsets = tap_offsets(p, g, false);
-  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf(p.size()), acc(span), wt(g.taps());
+  const int64_t per = planes_per_batch<acc_t>(p.size(), g.N), batches = (g.N + per - 1) / per;
+  at::parallel_for(0, g.C * batches, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(per * p.size()), acc((per - 1) * p.size() + span), wt(g.taps());
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / g.C, c = r % g.C;
-      fill_padded(x + n * xs.n + c * xs.c, xs.d, xs.h, xs.w, g.D, g.H, g.W, p, buf.data());
+      const int64_t c = r / batches, n0 = (r % batches) * per, count = std::min(per, g.N - n0);
+      for (int64_t k = 0; k < count; ++k)
+        fill_padded(x + (n0 + k) * xs.n + c * xs.c, xs.d, xs.h, xs.w, g.D, g.H, g.W, p,
+                    buf.data() + k * p.size());
+      const int64_t total = (count - 1) * p.size() + span;
       for (int64_t m = 0; m < g.M; ++m) {
         const int64_t o = c * g.M + m;
         for (int64_t t = 0; t < g.taps(); ++t) wt[t] = static_cast<acc_t>(w[o * g.taps() + t]);
-        shifted_sum(buf.data(), offsets.data(), wt.data(), g.taps(), span, false, acc.data());
+        shifted_sum(buf.data(), offsets.data(), wt.data(), g.taps(), total, false, acc.data());
         if (b) {
           const acc_t bias = static_cast<acc_t>(b[o]);
 #pragma omp simd
-          for (int64_t i = 0; i < span; ++i) acc[i] += bias;
+          for (int64_t i = 0; i < total; ++i) acc[i] += bias;
         }
-        store_rows(acc.data(), p, g.OD, g.OH, g.OW, y + n * ys.n + o * ys.c, ys.d, ys.h, ys.w);
+        for (int64_t k = 0; k < count; ++k)
+          store_rows(acc.data() + k * p.size(), p, g.OD, g.OH, g.OW,
+                     y + (n0 + k) * ys.n + o * ys.c, ys.d, ys.h, ys.w);
       }
     }
   });
 }
 
-// One task per input channel, samples in order: the weight and bias gradients reduce in a fixed
-// order (deterministic), and x and dy are read once for all three gradients.
+// One task per input channel, samples in order (batched as in the forward): the weight and bias
+// gradients reduce in a fixed order (deterministic), and x and dy are read once for all three.
 template <typename scalar_t>
 void backward_planes(const scalar_t* dy, Strides dys, const scalar_t* x, Strides xs,
                      const scalar_t* w, scalar_t* dx, Strides dxs, scalar_t* dw, scalar_t* db,
                      const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
   const Padded px = padded_layout(g.D, g.H, g.W, g.OD, g.OH, g.OW, g.PD, g.PH, g.PW, g);
+  const int64_t span = px.at(g.OD - 1, g.OH - 1, g.OW - 1) + 1;
   const std::vector<int64_t> x_offsets = tap_offsets(px, g, false);
   // dy padded for the input gradient: a stride-1 window sum whose outputs are x's positions
   const Padded pd = padded_layout(g.OD, g.OH, g.OW, g.D, g.H, g.W, (g.KD - 1) * g.DD - g.PD,
@@ -880,51 +912,70 @@ void backward_planes(const scalar_t* dy, Strides dys, const scalar_t* x, Strides
   const std::vector<int64_t> dy_offsets = tap_offsets(pd, g, true);
   // dy where the forward's outputs sit in x's padded layout
   const Padded py{px.d, px.h, px.w, 0, 0, 0};
+  const int64_t per = planes_per_batch<acc_t>(std::max(px.size(), pd.size()), g.N);
   at::parallel_for(0, g.C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> xbuf(dw ? px.size() : 0), dyq(dw ? px.size() : 0);
-    std::vector<acc_t> dybuf(dx ? pd.size() : 0), acc(dx ? dx_span : 0), wt(g.taps());
+    std::vector<acc_t> xbuf(dw ? per * px.size() : 0), dyq(dw ? per * px.size() : 0);
+    std::vector<acc_t> dybuf(dx ? per * pd.size() : 0);
+    std::vector<acc_t> acc(dx ? (per - 1) * pd.size() + dx_span : 0), wt(g.taps());
     std::vector<acc_t> wsum(g.M * g.taps()), bsum(g.M);
     for (int64_t c = begin; c < end; ++c) {
       std::fill(wsum.begin(), wsum.end(), acc_t(0));
       std::fill(bsum.begin(), bsum.end(), acc_t(0));
-      for (int64_t n = 0; n < g.N; ++n) {
-        if (dw)
-          fill_padded(x + n * xs.n + c * xs.c, xs.d, xs.h, xs.w, g.D, g.H, g.W, px, xbuf.data());
+      for (int64_t n0 = 0; n0 < g.N; n0 += per) {
+        const int64_t count = std::min(per, g.N - n0);
+        bool x_finite = true;
+        if (dw) {
+          for (int64_t k = 0; k < count; ++k)
+            fill_padded(x + (n0 + k) * xs.n + c * xs.c, xs.d, xs.h, xs.w, g.D, g.H, g.W, px,
+                        xbuf.data() + k * px.size());
+          x_finite = all_finite(xbuf.data(), count * px.size());
+        }
         for (int64_t m = 0; m < g.M; ++m) {
           const int64_t o = c * g.M + m;
-          const scalar_t* dyo = dy + n * dys.n + o * dys.c;
+          const scalar_t* dyo = dy + n0 * dys.n + o * dys.c;
           if (dx) {
             for (int64_t t = 0; t < g.taps(); ++t) wt[t] = static_cast<acc_t>(w[o * g.taps() + t]);
-            fill_padded(dyo, dys.d, dys.h, dys.w, g.OD, g.OH, g.OW, pd, dybuf.data());
-            shifted_sum(dybuf.data(), dy_offsets.data(), wt.data(), g.taps(), dx_span, m > 0,
-                        acc.data());
+            for (int64_t k = 0; k < count; ++k)
+              fill_padded(dyo + k * dys.n, dys.d, dys.h, dys.w, g.OD, g.OH, g.OW, pd,
+                          dybuf.data() + k * pd.size());
+            shifted_sum(dybuf.data(), dy_offsets.data(), wt.data(), g.taps(),
+                        (count - 1) * pd.size() + dx_span, m > 0, acc.data());
           }
           if (dw) {
-            fill_padded(dyo, dys.d, dys.h, dys.w, g.OD, g.OH, g.OW, py, dyq.data());
+            for (int64_t k = 0; k < count; ++k)
+              fill_padded(dyo + k * dys.n, dys.d, dys.h, dys.w, g.OD, g.OH, g.OW, py,
+                          dyq.data() + k * px.size());
             for (int64_t t = 0; t < g.taps(); ++t) {
-              // row by row: between rows dy is zero but x may not be finite (0 * inf is NaN)
+              const acc_t* xt = xbuf.data() + x_offsets[t];
               acc_t s = 0;
-              for (int64_t od = 0; od < g.OD; ++od)
-                for (int64_t oh = 0; oh < g.OH; ++oh) {
-                  const int64_t row = px.at(od, oh, 0);
-                  s += dot(dyq.data() + row, xbuf.data() + row + x_offsets[t], g.OW);
-                }
+              if (x_finite) {  // dy is zero between rows and planes: one dot over them all
+                s = dot(dyq.data(), xt, (count - 1) * px.size() + span);
+              } else {  // row by row: a tap must not see an inf it never reads (0 * inf is NaN)
+                for (int64_t k = 0; k < count; ++k)
+                  for (int64_t od = 0; od < g.OD; ++od)
+                    for (int64_t oh = 0; oh < g.OH; ++oh) {
+                      const int64_t row = k * px.size() + px.at(od, oh, 0);
+                      s += dot(dyq.data() + row, xt + row, g.OW);
+                    }
+              }
               wsum[m * g.taps() + t] += s;
             }
           }
           if (db) {
             acc_t s = 0;
-            for (int64_t od = 0; od < g.OD; ++od)
-              for (int64_t oh = 0; oh < g.OH; ++oh) {
-                const scalar_t* row = dyo + od * dys.d + oh * dys.h;
-                for (int64_t ow = 0; ow < g.OW; ++ow) s += static_cast<acc_t>(row[ow * dys.w]);
-              }
+            for (int64_t k = 0; k < count; ++k)
+              for (int64_t od = 0; od < g.OD; ++od)
+                for (int64_t oh = 0; oh < g.OH; ++oh) {
+                  const scalar_t* row = dyo + k * dys.n + od * dys.d + oh * dys.h;
+                  for (int64_t ow = 0; ow < g.OW; ++ow) s += static_cast<acc_t>(row[ow * dys.w]);
+                }
             bsum[m] += s;
           }
         }
         if (dx)
-          store_rows(acc.data(), pd, g.D, g.H, g.W, dx + n * dxs.n + c * dxs.c, dxs.d, dxs.h,
-                     dxs.w);
+          for (int64_t k = 0; k < count; ++k)
+            store_rows(acc.data() + k * pd.size(), pd, g.D, g.H, g.W,
+                       dx + (n0 + k) * dxs.n + c * dxs.c, dxs.d, dxs.h, dxs.w);
       }
       for (int64_t m = 0; m < g.M; ++m) {
         const int64_t o = c * g.M + m;

@@ -13,12 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..atomic_files import write_json_atomic
+from ..kernels import source_fingerprint
 from .choice import LayerChoice
 
 CACHE_FORMAT = 2
 
 #: The environment fields a timing depends on; entries are kept per distinct combination.
-ENVIRONMENT_FIELDS = ("device", "torch", "cuda", "cudnn", "threads")
+#: "kernels" is our kernels' source fingerprint, filled in here when the caller has none.
+ENVIRONMENT_FIELDS = ("device", "torch", "cuda", "cudnn", "threads", "kernels")
 
 _warned: set[str] = set()
 
@@ -51,6 +53,7 @@ class TuningCache:
     def __init__(self, path: str | os.PathLike, env: dict) -> None:
         self.path = Path(path)
         self.env = {k: env.get(k) for k in ENVIRONMENT_FIELDS}
+        self.env["kernels"] = self.env["kernels"] or source_fingerprint()
         self.fingerprint = "|".join(str(self.env[k]) for k in ENVIRONMENT_FIELDS)
         self.writable = True
 
