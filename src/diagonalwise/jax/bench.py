@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..algorithm_choice import TOLERANCES, relative_error
 from ..blocking import resolve_block_size
 from ..framework_bench import time_in_turns
 from . import grouped_conv_general_dilated
@@ -29,7 +30,7 @@ MOBILENET_V1_DEPTHWISE = [(32, 112, 1), (64, 112, 2), (128, 56, 1), (128, 56, 2)
                           (256, 28, 2), (512, 14, 1), (512, 14, 2), (1024, 7, 1)]
 SPEC = ("NHWC", "HWIO", "NHWC")
 #: float32 forward and gradients against native: largest error over largest value
-TOLERANCE = 1e-4
+TOLERANCE = TOLERANCES["float32"]
 
 
 def _step(algorithm: str | None, stride: int):
@@ -47,11 +48,6 @@ def _step(algorithm: str | None, stride: int):
         return jnp.vdot(out, cotangent), out
 
     return jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))
-
-
-def _relative_error(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
 
 
 def bench_layer(channels: int, side: int, stride: int, batch: int, repeats: int,
@@ -72,7 +68,7 @@ def bench_layer(channels: int, side: int, stride: int, batch: int, repeats: int,
     passed = {}
     for name, step in steps.items():
         (_, got), got_grads = step(x, kernel, cotangent)
-        error = max(_relative_error(a, b) for a, b in zip((got, *got_grads), (want, *want_grads)))
+        error = max(relative_error(a, b) for a, b in zip((got, *got_grads), (want, *want_grads)))
         row["status"][name] = "ok" if error <= TOLERANCE else f"failed: relative error {error:.1e}"
         if error <= TOLERANCE:
             passed[name] = functools.partial(
