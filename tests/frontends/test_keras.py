@@ -369,3 +369,13 @@ def test_convert_model_by_plan_and_its_errors(tmp_path):
         convert_model(model, plan=Plan({"conv": "native"}))
     with pytest.raises(ValueError, match="not both"):
         convert_model(model, algorithm="native", plan=Plan({"dw_a": "native"}))
+
+
+def test_tuning_a_model_with_two_outputs_says_what_to_tune():
+    from diagonalwise.keras.tuning import tune_model
+
+    inputs = keras.Input((10, 10, 4), dtype=DTYPE)
+    hidden = keras.layers.DepthwiseConv2D(3, dtype=DTYPE)(inputs)
+    model = keras.Model(inputs, [hidden, keras.layers.ReLU(dtype=DTYPE)(hidden)])
+    with pytest.raises(ValueError, match="one output; this one has 2"):
+        tune_model(model, np.zeros((1, 10, 10, 4), DTYPE), cache=False)

@@ -15,6 +15,7 @@ the same model again from a saved plan.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 
@@ -39,10 +40,11 @@ MAX_BLOCK_CHANNELS = 64
 
 
 def environment() -> str:
+    """Keras's version, its backend and the backend's version: what a timing depends on."""
     backend = keras.backend.backend()
-    module = __import__({"tensorflow": "tensorflow", "torch": "torch", "jax": "jax"}
-                        .get(backend, "keras"))
-    return f"keras {keras.__version__} {backend} {getattr(module, '__version__', '')}"
+    version = importlib.import_module(backend).__version__ \
+        if backend in ("jax", "tensorflow", "torch") else ""
+    return f"keras {keras.__version__} {backend} {version}"
 
 
 class TuningCache(ChoiceCache):
