@@ -6,6 +6,7 @@ tuned model's choices are a :class:`Plan` (layer name -> algorithm) that is save
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
@@ -84,6 +85,15 @@ def choose(measured: dict[str, float | str], min_gain: float = 0.05) -> str:
     timed = {name: seconds for name, seconds in measured.items() if isinstance(seconds, float)}
     best = min(timed, key=timed.get)
     return best if timed[best] * (1 + min_gain) <= timed["native"] else "native"
+
+
+def code_fingerprint(*files: str | os.PathLike) -> str:
+    """A short hash of source files: a cache's choices were measured with this code, and a
+    changed algorithm is measured anew."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def default_cache_path(file_name: str) -> Path:

@@ -320,3 +320,16 @@ def test_the_command_runs_the_jax_benches_without_pytorch(tmp_path):
         import sys
 
         assert "torch" not in sys.modules
+
+
+def test_choices_cached_by_other_code_are_measured_again(tmp_path, monkeypatch):
+    import diagonalwise.jax.tuning as tuning
+
+    lhs, rhs = operands("NHWC", 8, 1, 1, (3, 3))
+    config = tuning.ConvConfig.of_call(lhs, rhs, (1, 1), "SAME",
+                                       dimension_numbers=SPECS["NHWC"], feature_group_count=8)
+    tuning.TuningCache(tmp_path / "cache.json").put(config, "shift_add", {})
+    assert tuning.TuningCache(tmp_path / "cache.json").get(config) == "shift_add"
+    monkeypatch.setattr(tuning, "code_fingerprint", lambda *files: "changed")
+    assert tuning.environment().endswith("code changed")
+    assert tuning.TuningCache(tmp_path / "cache.json").get(config) is None

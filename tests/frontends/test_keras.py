@@ -379,3 +379,12 @@ def test_tuning_a_model_with_two_outputs_says_what_to_tune():
     model = keras.Model(inputs, [hidden, keras.layers.ReLU(dtype=DTYPE)(hidden)])
     with pytest.raises(ValueError, match="one output; this one has 2"):
         tune_model(model, np.zeros((1, 10, 10, 4), DTYPE), cache=False)
+
+
+def test_choices_cached_by_other_code_are_measured_again(tmp_path, monkeypatch):
+    from diagonalwise.keras import tuning
+
+    tuning.TuningCache(tmp_path / "cache.json").put("layer", "shift_add", {})
+    assert tuning.TuningCache(tmp_path / "cache.json").get("layer", ["shift_add"]) == "shift_add"
+    monkeypatch.setattr(tuning, "code_fingerprint", lambda *files: "changed")
+    assert tuning.TuningCache(tmp_path / "cache.json").get("layer", ["shift_add"]) is None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ from ..algorithm_choice import (
     TOLERANCES,
     ChoiceCache,
     choose,
+    code_fingerprint,
     default_cache_path,
     measure_candidates,
 )
@@ -112,8 +114,12 @@ def measure(config: ConvConfig, *, repeats: int = 3) -> dict[str, float | str]:
 
 
 def environment() -> str:
+    """JAX's version, backend and device, and our algorithms' code: what a timing depends on."""
     device = jax.devices()[0]
-    return f"jax {jax.__version__} {jax.default_backend()} {getattr(device, 'device_kind', device)}"
+    code = code_fingerprint(*(Path(__file__).with_name(name)
+                              for name in ("__init__.py", "shift_add.py")))
+    return (f"jax {jax.__version__} {jax.default_backend()} "
+            f"{getattr(device, 'device_kind', device)} code {code}")
 
 
 class TuningCache(ChoiceCache):

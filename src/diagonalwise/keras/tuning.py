@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -29,6 +30,7 @@ from ..algorithm_choice import (
     Plan,
     check_whole_model,
     choose,
+    code_fingerprint,
     default_cache_path,
     measure_candidates,
 )
@@ -40,11 +42,15 @@ MAX_BLOCK_CHANNELS = 64
 
 
 def environment() -> str:
-    """Keras's version, its backend and the backend's version: what a timing depends on."""
+    """Keras's version, its backend and the backend's version, and our algorithms' code: what a
+    timing depends on."""
     backend = keras.backend.backend()
     version = importlib.import_module(backend).__version__ \
         if backend in ("jax", "tensorflow", "torch") else ""
-    return f"keras {keras.__version__} {backend} {version}"
+    here = Path(__file__).parent
+    code = code_fingerprint(here / "__init__.py", here / "shift_add.py",
+                            here.parent / "jax" / "shift_add.py")
+    return f"keras {keras.__version__} {backend} {version} code {code}"
 
 
 class TuningCache(ChoiceCache):
