@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic_files import write_json_atomic
+from .atomic_files import PlanFile, write_json_atomic
 from .framework_bench import time_in_turns
 
 #: largest error over largest value, of the output and every gradient, against native
@@ -137,7 +137,7 @@ class ChoiceCache:
 
 
 @dataclass
-class Plan:
+class Plan(PlanFile):
     """Per layer (a Flax module path, a Keras layer name), the algorithm chosen for it; the
     whole-model check (seconds tuned and native, and whether the choices were kept); and, for the
     first layer of each distinct configuration, its input shape and what was measured for it
@@ -184,21 +184,6 @@ class Plan:
                              "with a 'layers' mapping of names to algorithms); write one with "
                              "Plan.save")
         return cls(dict(layers), data.get("whole_model", {}), data.get("measured", {}))
-
-    def save(self, path: str | os.PathLike) -> None:
-        write_json_atomic(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Plan:
-        """Read a plan saved by :meth:`save`; a ValueError naming the file if it is not one."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not a diagonalwise plan: invalid JSON ({error})") from None
-        try:
-            return cls.from_dict(data)
-        except ValueError as error:
-            raise ValueError(f"{path}: {error}") from None
 
 
 def check_whole_model(native_step: Callable[[], object], tuned_step: Callable[[], object],

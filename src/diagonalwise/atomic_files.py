@@ -1,5 +1,5 @@
 """Files that are either the old version or the new one, never torn: the tuning cache, plans and
-benchmark results are all written this way."""
+benchmark results are all written this way; and plans read back with errors that name the file."""
 
 from __future__ import annotations
 
@@ -56,3 +56,24 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 def write_json_atomic(path: str | os.PathLike, data: object) -> None:
     """:func:`write_text_atomic` of ``data`` as indented JSON."""
     write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+class PlanFile:
+    """Saving and loading for a plan class with ``to_dict`` and a ``from_dict`` that raises a
+    ValueError saying what is wrong: written atomically as JSON, read back with errors that name
+    the file."""
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        """Read a plan saved by :meth:`save`; a ValueError naming the file if it is not one."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not a diagonalwise plan: invalid JSON ({error})") from None
+        try:
+            return cls.from_dict(data)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None

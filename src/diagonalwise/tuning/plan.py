@@ -3,14 +3,11 @@ instance of the same model."""
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from torch import nn
 
-from ..atomic_files import write_json_atomic
+from ..atomic_files import PlanFile
 from ..modules import DIAGONALWISE_TYPE, is_converted, swap_modules
 from .capture import is_tunable
 from .choice import LayerChoice
@@ -19,7 +16,7 @@ PLAN_FORMAT = 1
 
 
 @dataclass
-class Plan:
+class Plan(PlanFile):
     """Per qualified layer name, the chosen algorithm with its measurements; JSON round-trips and
     applies to any instance of the same model."""
 
@@ -49,21 +46,6 @@ class Plan:
             except ValueError as error:
                 raise ValueError(f"plan layer {name!r}: {error}") from None
         return cls(layers, data.get("environment", {}), data.get("whole_model", {}))
-
-    def save(self, path: str | os.PathLike) -> None:
-        write_json_atomic(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Plan:
-        """Read a plan saved by :meth:`save`; a ValueError naming the file if it is not one."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not a diagonalwise plan: invalid JSON ({error})") from None
-        try:
-            return cls.from_dict(data)
-        except ValueError as error:
-            raise ValueError(f"{path}: {error}") from None
 
     def summary(self) -> dict[str, int]:
         """How many layers chose each algorithm."""
