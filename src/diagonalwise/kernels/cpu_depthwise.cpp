@@ -572,6 +572,19 @@ void weight_grad_channels_inner(const scalar_t* dy, Strides dys, const scalar_t*
 // backward, width innermost: one task per input channel reads its x and dy planes once for
 // the input gradient and the weight and bias gradients together
 
+// Channel c's weight- and bias-gradient sums (acc_t, per multiplier and tap) into dw and db.
+template <typename scalar_t, typename acc_t>
+void store_channel_sums(const acc_t* wsum, const acc_t* bsum, int64_t c, scalar_t* dw,
+                        scalar_t* db, const Geometry& g) {
+  for (int64_t m = 0; m < g.M; ++m) {
+    const int64_t o = c * g.M + m;
+    if (dw)
+      for (int64_t t = 0; t < g.taps(); ++t)
+        dw[o * g.taps() + t] = static_cast<scalar_t>(wsum[m * g.taps() + t]);
+    if (db) db[o] = static_cast<scalar_t>(bsum[m]);
+  }
+}
+
 template <typename scalar_t, bool UNIT>
 void backward_width_inner(const scalar_t* dy, Strides dys, const scalar_t* x, Strides xs,
                           const scalar_t* w, scalar_t* dx, Strides dxs, scalar_t* dw, scalar_t* db,
@@ -665,13 +678,7 @@ void backward_width_inner(const scalar_t* dy, Strides dys, const scalar_t* x, St
           }
         }
       }
-      for (int64_t m = 0; m < g.M; ++m) {
-        const int64_t o = c * g.M + m;
-        if (dw)
-          for (int64_t t = 0; t < g.taps(); ++t)
-            dw[o * g.taps() + t] = static_cast<scalar_t>(wsum[m * g.taps() + t]);
-        if (db) db[o] = static_cast<scalar_t>(bsum[m]);
-      }
+      store_channel_sums(wsum.data(), bsum.data(), c, dw, db, g);
     }
   });
 }
@@ -977,13 +984,7 @@ void backward_planes(const scalar_t* dy, Strides dys, const scalar_t* x, Strides
             store_rows(acc.data() + k * pd.size(), pd, g.D, g.H, g.W,
                        dx + (n0 + k) * dxs.n + c * dxs.c, dxs.d, dxs.h, dxs.w);
       }
-      for (int64_t m = 0; m < g.M; ++m) {
-        const int64_t o = c * g.M + m;
-        if (dw)
-          for (int64_t t = 0; t < g.taps(); ++t)
-            dw[o * g.taps() + t] = static_cast<scalar_t>(wsum[m * g.taps() + t]);
-        if (db) db[o] = static_cast<scalar_t>(bsum[m]);
-      }
+      store_channel_sums(wsum.data(), bsum.data(), c, dw, db, g);
     }
   });
 }
