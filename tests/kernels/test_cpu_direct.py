@@ -60,6 +60,24 @@ def test_unbatched_input(dims, poisoned_outputs):
     assert_matches_native(dims, *operands, 1, 1, 1, 4, algorithm="cpu_direct")
 
 
+@pytest.mark.parametrize("geometry", [
+    # (kernel, stride, padding, dilation, sizes): widths giving column tiles of 8, 4, 2 and 1,
+    # border columns with some taps outside, rows narrower than the kernel, strides, dilation
+    ((3, 3), 1, 1, 1, (5, 23)),
+    ((3, 3), 2, 1, 1, (9, 16)),
+    ((7, 7), 1, 3, 1, (4, 4)),
+    ((5, 3), (1, 2), (2, 4), (1, 3), (6, 19)),
+    ((1, 4), 1, "same", 2, (3, 14)),
+], ids=lambda g: f"k{'x'.join(map(str, g[0]))}-w{g[4][1]}")
+def test_channels_inner_tiles_match_native_float64(geometry, poisoned_outputs):
+    """75 channels in channels_last: 9 whole float64 vectors (a group of 8 and a single one
+    in the narrow column tiles) and a tail of 3, through every tile shape of the channels-inner
+    forward, input and weight gradients."""
+    kernel, stride, padding, dilation, sizes = geometry
+    operands = make_operands(2, 2, 75, 1, 1, kernel, sizes, True, "channels_last")
+    assert_matches_native(2, *operands, stride, padding, dilation, 75, algorithm="cpu_direct")
+
+
 @settings(max_examples=300)
 @given(conv_problems(depthwise=True), st.integers(0, 2**16))
 def test_property_matches_native(problem, seed):
