@@ -212,18 +212,52 @@ inline out_t from_acc(acc_t value) {
   }
 }
 
-// bfloat16/half: the valid input rows of an output row (see input_rows) converted to acc_t once,
-// into `out` (W x C per row, dense), with the offsets rewritten to point into it.
+// bfloat16/half: the valid input rows of output rows (see input_rows) converted to acc_t, each
+// W x C dense. The rows are kept in 2 * KD * KH slots, tagged by where they start in x, so the
+// next output row, which reads KH - 1 of the same rows at stride 1, converts only its new one.
 template <typename scalar_t, typename acc_t>
-void convert_rows(const scalar_t* x, const Strides& xs, const Geometry& g, int64_t nrows,
-                  int64_t* offsets, acc_t* out) {
-  for (int64_t k = 0; k < nrows; ++k) {
-    acc_t* row = out + k * g.W * g.C;
-    for (int64_t iw = 0; iw < g.W; ++iw)
-      convert_span(x + offsets[2 * k] + iw * xs.w, row + iw * g.C, g.C);
-    offsets[2 * k] = k * g.W * g.C;
+class ConvertedRows {
+ public:
+  ConvertedRows(const Geometry& g, bool needed)
+      : slots_(needed ? 2 * g.KD * g.KH : 0), row_size_(g.W * g.C),
+        data_(slots_ * row_size_), tag_(slots_, -1), used_(slots_, 0) {}
+
+  // Rewrites offsets[2k] (the rows' offsets in x) to point into data(), converting the rows
+  // not held.
+  void convert(const scalar_t* x, const Strides& xs, const Geometry& g, int64_t nrows,
+               int64_t* offsets) {
+    ++clock_;
+    std::vector<int64_t>& slot = slot_of_;
+    slot.assign(nrows, -1);
+    for (int64_t k = 0; k < nrows; ++k)
+      for (int64_t s = 0; s < slots_; ++s)
+        if (tag_[s] == offsets[2 * k]) {
+          slot[k] = s;
+          used_[s] = clock_;
+        }
+    for (int64_t k = 0; k < nrows; ++k) {
+      if (slot[k] < 0) {  // the least recently used slot that this row does not read
+        int64_t s = 0;
+        for (int64_t t = 1; t < slots_; ++t)
+          if (used_[t] < used_[s]) s = t;
+        acc_t* row = data_.data() + s * row_size_;
+        for (int64_t iw = 0; iw < g.W; ++iw)
+          convert_span(x + offsets[2 * k] + iw * xs.w, row + iw * g.C, g.C);
+        tag_[s] = offsets[2 * k];
+        used_[s] = clock_;
+        slot[k] = s;
+      }
+      offsets[2 * k] = slot[k] * row_size_;
+    }
   }
-}
+
+  const acc_t* data() const { return data_.data(); }
+
+ private:
+  int64_t slots_, row_size_, clock_ = 0;
+  std::vector<acc_t> data_;
+  std::vector<int64_t> tag_, used_, slot_of_;
+};
 
 // Store a vector of acc_t as out_t (bfloat16 and half: each lane through from_acc).
 template <typename out_t, typename acc_t>
@@ -324,8 +358,8 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
   const int64_t rows = g.N * g.OD * g.OH, blocks = g.O / L;
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(2 * g.KD * g.KH), ahead(2 * g.KD * g.KH);
-    // bfloat16/half: the row's input rows converted to acc_t once, not once per tap and pixel
-    std::vector<acc_t> converted(std::is_same_v<scalar_t, acc_t> ? 0 : g.KD * g.KH * g.W * g.C);
+    // bfloat16/half: the input rows converted to acc_t once, not once per tap and pixel
+    ConvertedRows<scalar_t, acc_t> converted(g, !std::is_same_v<scalar_t, acc_t>);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (g.OD * g.OH), od = (r / g.OH) % g.OD, oh = r % g.OH;
       const int64_t nrows = input_rows(g, xs, n, od, oh, offsets.data());
@@ -336,7 +370,7 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
         xr = x;
         xsw = xs.w;
       } else {
-        convert_rows(x, xs, g, nrows, offsets.data(), converted.data());
+        converted.convert(x, xs, g, nrows, offsets.data());
         xr = converted.data();
         xsw = g.C;
       }
@@ -546,8 +580,8 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
   std::vector<acc_t> partial(chunks * stride, acc_t(0));
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(2 * g.KD * g.KH), ahead(2 * g.KD * g.KH);
-    std::vector<acc_t> converted(
-        std::is_same_v<scalar_t, acc_t> ? 0 : g.KD * g.KH * g.W * g.C + g.OW * g.O);
+    ConvertedRows<scalar_t, acc_t> converted(g, !std::is_same_v<scalar_t, acc_t>);
+    std::vector<acc_t> dy_converted(std::is_same_v<scalar_t, acc_t> ? 0 : g.OW * g.O);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       acc_t* acc = partial.data() + chunk * stride;
       acc_t* bias_acc = acc + taps * g.O;
@@ -572,13 +606,12 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
           dyr = dyrow;
           dysw = dys.w;
         } else {  // bfloat16/half: convert the rows once, not once per tap
-          convert_rows(x, xs, g, nrows, offsets.data(), converted.data());
-          acc_t* dy_converted = converted.data() + g.KD * g.KH * g.W * g.C;
+          converted.convert(x, xs, g, nrows, offsets.data());
           for (int64_t ow = 0; ow < g.OW; ++ow)
-            convert_span(dyrow + ow * dys.w, dy_converted + ow * g.O, g.O);
+            convert_span(dyrow + ow * dys.w, dy_converted.data() + ow * g.O, g.O);
           xr = converted.data();
           xsw = g.C;
-          dyr = dy_converted;
+          dyr = dy_converted.data();
           dysw = g.O;
         }
         int64_t kw_lo = 0, kw_hi = g.KW;
