@@ -92,17 +92,21 @@ def test_property_matches_native(problem, seed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("channels", [16, 20])  # whole channel blocks, and a tail
-def test_lower_precisions_match_native(dtype, layout, channels):
+# rows of 13 and 37 columns (in NCHW, 37 = two whole 16-column transposes and a masked one),
+# stride 1 and 2
+@pytest.mark.parametrize("stride, size", [(1, 13), (1, 37), (2, 37)], ids=["s1-13", "s1-37", "s2-37"])
+def test_lower_precisions_match_native(dtype, layout, channels, stride, size):
     """float32 against native float32; bfloat16 and float16 (accumulated in float32) against
     native in float32 of the same rounded operands, within one rounding of the output type."""
-    operands = make_operands(2, 2, channels, 1, 1, (3, 3), (13, 13), True, layout, dtype=dtype)
+    operands = make_operands(2, 2, channels, 1, 1, (3, 3), (size, size), True, layout, dtype=dtype)
     if dtype == torch.float32:
-        assert_matches_native(2, *operands, 1, 1, 1, channels, dtype=dtype, algorithm="cpu_direct")
+        assert_matches_native(2, *operands, stride, 1, 1, channels, dtype=dtype,
+                              algorithm="cpu_direct")
         return
     x, weight, bias = (t.detach().requires_grad_() for t in operands)
-    ours = dw.conv2d(x, weight, bias, 1, 1, 1, channels, algorithm="cpu_direct")
+    ours = dw.conv2d(x, weight, bias, stride, 1, 1, channels, algorithm="cpu_direct")
     wide = [t.detach().float().requires_grad_() for t in operands]
-    expected = torch.nn.functional.conv2d(*wide, 1, 1, 1, channels)
+    expected = torch.nn.functional.conv2d(*wide, stride, 1, 1, channels)
     grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(0))
     ours.backward(grad.to(dtype))
     expected.backward(grad.to(dtype).float())

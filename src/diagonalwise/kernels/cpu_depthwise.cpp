@@ -2,20 +2,24 @@
 //
 // Every call is 3D (N, C, D, H, W); 2D and 1D arrive with leading spatial sizes of 1. Weight
 // (C * M, 1, KD, KH, KW) for a channel multiplier M: output channel o reads input channel o / M.
-// Two loop orders, picked by the input's layout, so neither layout is copied:
-// - channels innermost (channels_last: x.stride(1) == 1): per output pixel, a vector over the
-//   channels accumulates every tap; parallel over output rows.
-// - otherwise (NCDHW or any strided view): per (sample, channel) row, a vector over the width
-//   accumulates every tap, with each tap's valid column range computed once, so the inner loops
-//   carry no bounds checks; parallel over rows. The backward of this order reads x and dy once
-//   for both gradients: one task owns a channel, and for each sample computes the input-gradient
-//   plane and the weight- and bias-gradient sums from the same planes while they are in cache.
+// The input is never copied as a whole; the loop order follows its layout:
+// - channels innermost (channels_last: x.stride(1) == 1): register tiles of output columns x
+//   channel vectors take every tap; parallel over output rows (input gradient: over input rows,
+//   by column phase when strided; weight gradient: over fixed chunks of rows).
+// - otherwise (NCDHW or any strided view), multiplier 1: stride-1 float layers as whole planes
+//   (each (sample, channel) volume copied once into a padded buffer, one long loop per tap);
+//   strided layers, and bfloat16 planes up to 56x56, as channel blocks (a sample's volumes of
+//   one vector's worth of channels turned channels-innermost in cache, then the tiles above).
+//   Multiplier > 1: per (sample, channel) row, a vector over the width per tap.
+// The backward reads x and dy once for the three gradients where the order allows (planes,
+// channel blocks, row loops).
 // Accumulation is in at::opmath_type (float for float, bfloat16, half; double for double). The
 // weight gradient reduces in a fixed order: per channel in sample/row order (width-inner), or in
 // a fixed number of row chunks summed in chunk order (channels-inner), so for a given thread
 // count it does not depend on thread timing.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <immintrin.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -48,6 +52,7 @@ struct Strides {
   int64_t n, c, d, h, w;
   explicit Strides(const at::Tensor& t)
       : n(t.stride(0)), c(t.stride(1)), d(t.stride(2)), h(t.stride(3)), w(t.stride(4)) {}
+  Strides(int64_t n, int64_t c, int64_t d, int64_t h, int64_t w) : n(n), c(c), d(d), h(h), w(w) {}
 };
 
 Geometry geometry(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
@@ -129,13 +134,37 @@ inline void vstore(T* p, vec_t<T> v) {
 template <typename acc_t>
 constexpr int64_t lanes() { return 64 / sizeof(acc_t); }
 
-// The taps kw in [lo, hi) that keep output column ow inside the input row.
-inline void valid_taps(const Geometry& g, int64_t ow, int64_t& lo, int64_t& hi) {
-  const int64_t start = ow * g.SW - g.PW;  // input column of tap 0
-  lo = start >= 0 ? 0 : (-start + g.DW - 1) / g.DW;
-  hi = start > g.W - 1 ? 0 : std::min(g.KW, (g.W - 1 - start) / g.DW + 1);
-  if (hi < lo) hi = lo;
-}
+// The column taps a tile reads: per tap, its element offset from the tile's first column's base
+// and its index kw; taps left out are outside the input for the tile's columns.
+struct ColumnTaps {
+  const int64_t* offset;
+  const int64_t* tap;
+  int64_t count;
+};
+
+// The forward's column taps (offsets kw * DW * column stride, from input column ow * SW - PW):
+// all of them for interior columns, and a border column's valid range.
+class WindowTaps {
+ public:
+  WindowTaps(const Geometry& g, int64_t column_stride) : g_(g), offset_(g.KW), tap_(g.KW) {
+    for (int64_t kw = 0; kw < g.KW; ++kw) {
+      offset_[kw] = kw * g.DW * column_stride;
+      tap_[kw] = kw;
+    }
+  }
+  ColumnTaps all() const { return {offset_.data(), tap_.data(), g_.KW}; }
+  // the taps kw in [lo, hi) that keep output column ow inside the input row
+  ColumnTaps of_column(int64_t ow) const {
+    const int64_t start = ow * g_.SW - g_.PW;  // input column of tap 0
+    const int64_t lo = start >= 0 ? 0 : (-start + g_.DW - 1) / g_.DW;
+    const int64_t hi = start > g_.W - 1 ? 0 : std::min(g_.KW, (g_.W - 1 - start) / g_.DW + 1);
+    return {offset_.data() + lo, tap_.data() + lo, std::max<int64_t>(0, hi - lo)};
+  }
+
+ private:
+  const Geometry& g_;
+  std::vector<int64_t> offset_, tap_;
+};
 
 // The output columns [first, last) whose every tap falls inside the input row: the interior,
 // where the tiled loops need no bounds checks.
@@ -275,35 +304,33 @@ inline void store_vector(out_t* p, vec_t<acc_t> v) {
 template <int64_t V>
 using constant = std::integral_constant<int64_t, V>;
 
-// Calls tile(TW, NB, ow, c0) (compile-time sizes as std::integral_constant) over the output
-// columns [begin, end) for the NB channel vectors at c0: tiles of 16 / NB columns (16
+// Calls tile(TW, NB, column, c0, taps) (compile-time sizes as std::integral_constant) over the
+// output columns [begin, end) for the NB channel vectors at c0: tiles of 16 / NB columns (16
 // accumulators in registers), then of 8, 4, 2, 1 for what is left.
 template <int64_t NB, int64_t TW = 16 / NB, typename Tile>
-inline void tile_columns(int64_t begin, int64_t end, int64_t c0, const Tile& tile) {
-  int64_t ow = begin;
-  for (; ow + TW <= end; ow += TW) tile(constant<TW>{}, constant<NB>{}, ow, c0);
-  if constexpr (TW > 1) tile_columns<NB, TW / 2>(ow, end, c0, tile);
+inline void tile_columns(int64_t begin, int64_t end, int64_t c0, const ColumnTaps& taps,
+                         const Tile& tile) {
+  int64_t column = begin;
+  for (; column + TW <= end; column += TW) tile(constant<TW>{}, constant<NB>{}, column, c0, taps);
+  if constexpr (TW > 1) tile_columns<NB, TW / 2>(column, end, c0, taps, tile);
 }
 
-// One output row of the channels-inner tiles: channel groups of 4 vectors (then single vectors)
-// outermost, so each group walks the row at the pixel stride, which the prefetcher follows; in
-// a group, the interior columns (every tap valid, [first, last)) in tiles, and each border column
-// alone with its valid taps, set in kw_lo/kw_hi for the tile to read.
-template <typename Tile>
-inline void tile_row(const Geometry& g, int64_t first, int64_t last, int64_t blocks,
-                     int64_t lanes, int64_t& kw_lo, int64_t& kw_hi, const Tile& tile) {
+// One row of `columns` output columns through the channels-inner tiles: channel groups of 4
+// vectors (then single vectors) outermost, so each group walks the row at the pixel stride,
+// which the prefetcher follows; in a group, the interior columns [first, last) in tiles with
+// `interior` taps, and each other column alone with border(column)'s.
+template <typename Border, typename Tile>
+inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t blocks, int64_t lanes,
+                     const ColumnTaps& interior, const Border& border, const Tile& tile) {
   auto group = [&](auto nb, int64_t c0) {
     constexpr int64_t NB = decltype(nb)::value;
-    for (int64_t ow = 0; ow < g.OW; ++ow) {
-      if (ow == first && first < last) {
-        kw_lo = 0;
-        kw_hi = g.KW;
-        tile_columns<NB>(first, last, c0, tile);
-        ow = last - 1;
+    for (int64_t column = 0; column < columns; ++column) {
+      if (column == first && first < last) {
+        tile_columns<NB>(first, last, c0, interior, tile);
+        column = last - 1;
         continue;
       }
-      valid_taps(g, ow, kw_lo, kw_hi);
-      tile_columns<NB, 1>(ow, ow + 1, c0, tile);
+      tile_columns<NB, 1>(column, column + 1, c0, border(column), tile);
     }
   };
   int64_t block = 0;
@@ -311,14 +338,14 @@ inline void tile_row(const Geometry& g, int64_t first, int64_t last, int64_t blo
   for (; block < blocks; ++block) group(constant<1>{}, block * lanes);
 }
 
-// TW consecutive output columns x NB vectors of channels, taps kw in [kw_lo, kw_hi) of the input
-// rows in row_offsets (x, wt, bias and y already point at the tile's first channel; x at the
-// input column of tap 0 of the first output column): the accumulators stay in registers while
-// every tap streams through them.
+// TW consecutive output columns x NB vectors of channels: the column taps of the input rows in
+// row_offsets (pairs: the row's offset, its first tap's index), with x, wt, bias and y already
+// at the tile's first channel and x at the first column's base. The accumulators stay in
+// registers while every tap streams through them.
 template <typename out_t, typename acc_t, int64_t TW, int64_t NB>
-inline void forward_tile(const acc_t* x, int64_t xsw, int64_t column_step, const acc_t* wt,
-                         int64_t wt_step, const acc_t* bias, out_t* y, int64_t ysw, int64_t DW,
-                         const int64_t* row_offsets, int64_t nrows, int64_t kw_lo, int64_t kw_hi) {
+inline void forward_tile(const acc_t* x, int64_t column_step, const acc_t* wt, int64_t wt_step,
+                         const acc_t* bias, out_t* y, int64_t ysw, const int64_t* row_offsets,
+                         int64_t nrows, const ColumnTaps& taps) {
   constexpr int64_t L = lanes<acc_t>();
   vec_t<acc_t> acc[TW][NB];
   for (int64_t j = 0; j < NB; ++j) {
@@ -328,10 +355,11 @@ inline void forward_tile(const acc_t* x, int64_t xsw, int64_t column_step, const
   for (int64_t r = 0; r < nrows; ++r) {
     const acc_t* xrow = x + row_offsets[2 * r];
     const acc_t* wrow = wt + row_offsets[2 * r + 1] * wt_step;
-    for (int64_t kw = kw_lo; kw < kw_hi; ++kw) {
-      const acc_t* xp = xrow + kw * DW * xsw;
+    for (int64_t t = 0; t < taps.count; ++t) {
+      const acc_t* xp = xrow + taps.offset[t];
+      const acc_t* wp = wrow + taps.tap[t] * wt_step;
       for (int64_t j = 0; j < NB; ++j) {
-        const vec_t<acc_t> wv = vload(wrow + kw * wt_step + j * L);
+        const vec_t<acc_t> wv = vload(wp + j * L);
         for (int64_t i = 0; i < TW; ++i) acc[i][j] += vload(xp + i * column_step + j * L) * wv;
       }
     }
@@ -356,6 +384,8 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
   int64_t first, last;
   interior_columns(g, first, last);
   const int64_t rows = g.N * g.OD * g.OH, blocks = g.O / L;
+  // column stride of the rows the tiles read: x's, or the converted rows' (bfloat16/half)
+  const WindowTaps window(g, std::is_same_v<scalar_t, acc_t> ? xs.w : g.C);
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(2 * g.KD * g.KH), ahead(2 * g.KD * g.KH);
     // bfloat16/half: the input rows converted to acc_t once, not once per tap and pixel
@@ -374,25 +404,25 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
         xr = converted.data();
         xsw = g.C;
       }
-      int64_t kw_lo = 0, kw_hi = g.KW;
-      auto tile = [&](auto tw, auto nb, int64_t ow, int64_t c0) {
+      auto tile = [&](auto tw, auto nb, int64_t ow, int64_t c0, const ColumnTaps& taps) {
         forward_tile<scalar_t, acc_t, decltype(tw)::value, decltype(nb)::value>(
-            xr + (ow * g.SW - g.PW) * xsw + c0, xsw, g.SW * xsw, wt.data() + c0, g.O,
-            bias.data() + c0, yrow + ow * ys.w + c0, ys.w, g.DW, offsets.data(), nrows, kw_lo,
-            kw_hi);
+            xr + (ow * g.SW - g.PW) * xsw + c0, g.SW * xsw, wt.data() + c0, g.O,
+            bias.data() + c0, yrow + ow * ys.w + c0, ys.w, offsets.data(), nrows, taps);
       };
       if (r + 1 < end) prefetch_new_input_row(x, xs, g, r + 1, ahead.data());
-      tile_row(g, first, last, blocks, L, kw_lo, kw_hi, tile);
-      for (int64_t o = blocks * L; o < g.O; ++o)  // the channel tail
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-          valid_taps(g, ow, kw_lo, kw_hi);
+      tile_row(g.OW, first, last, blocks, L, window.all(),
+               [&](int64_t ow) { return window.of_column(ow); }, tile);
+      for (int64_t ow = 0; ow < g.OW; ++ow) {  // the channel tail
+        const ColumnTaps taps = window.of_column(ow);
+        for (int64_t o = blocks * L; o < g.O; ++o) {
           acc_t a = bias[o];
           for (int64_t k = 0; k < nrows; ++k)
-            for (int64_t kw = kw_lo; kw < kw_hi; ++kw)
-              a += xr[offsets[2 * k] + (ow * g.SW - g.PW + kw * g.DW) * xsw + o] *
-                   wt[(offsets[2 * k + 1] + kw) * g.O + o];
+            for (int64_t t = 0; t < taps.count; ++t)
+              a += xr[offsets[2 * k] + (ow * g.SW - g.PW) * xsw + taps.offset[t] + o] *
+                   wt[(offsets[2 * k + 1] + taps.tap[t]) * g.O + o];
           yrow[ow * ys.w + o] = from_acc<scalar_t>(a);
         }
+      }
     }
   });
 }
@@ -528,15 +558,140 @@ void input_grad_channels_inner(const scalar_t* dy, Strides dys, const scalar_t* 
   });
 }
 
+// The strided input gradient by column phases: input columns p + SW * j (phase p) receive from
+// the taps kw with (p + PW - kw * DW) divisible by SW, which read dy column j + base, base =
+// (p + PW - kw * DW) / SW; consecutive j read consecutive dy columns, so each phase is a
+// unit-stride window sum over dy, for forward_tile with output columns SW apart.
+struct ColumnPhase {
+  std::vector<int64_t> offset, tap, base;  // per tap: base * dy column stride, kw, base
+  int64_t columns, first, last;            // its input columns; those with every tap's column
+};
+
+std::vector<ColumnPhase> column_phases(const Geometry& g, int64_t dy_column_stride) {
+  std::vector<ColumnPhase> phases(g.SW);
+  for (int64_t p = 0; p < g.SW; ++p) {
+    ColumnPhase& phase = phases[p];
+    phase.columns = p < g.W ? (g.W - p + g.SW - 1) / g.SW : 0;
+    phase.first = 0;
+    phase.last = phase.columns;
+    for (int64_t kw = 0; kw < g.KW; ++kw) {
+      const int64_t num = p + g.PW - kw * g.DW;
+      if (((num % g.SW) + g.SW) % g.SW != 0) continue;
+      const int64_t base = num / g.SW;  // exact
+      phase.offset.push_back(base * dy_column_stride);
+      phase.tap.push_back(kw);
+      phase.base.push_back(base);
+      phase.first = std::max(phase.first, -base);
+      phase.last = std::min(phase.last, g.OW - base);
+    }
+    phase.first = std::min(phase.first, phase.columns);
+    phase.last = std::max(phase.last, phase.first);
+  }
+  return phases;
+}
+
+// The dy rows input row (n, id, ih) receives from, as pairs (offset, index of its first tap).
+int64_t receiving_rows(const Geometry& g, const Strides& dys, int64_t n, int64_t id, int64_t ih,
+                       int64_t* offsets) {
+  int64_t count = 0;
+  for (int64_t kd = 0; kd < g.KD; ++kd) {
+    const int64_t od = source(id, g.SD, g.PD, kd * g.DD, g.OD);
+    if (od < 0) continue;
+    for (int64_t kh = 0; kh < g.KH; ++kh) {
+      const int64_t oh = source(ih, g.SH, g.PH, kh * g.DH, g.OH);
+      if (oh < 0) continue;
+      offsets[2 * count] = n * dys.n + od * dys.d + oh * dys.h;
+      offsets[2 * count + 1] = (kd * g.KH + kh) * g.KW;
+      ++count;
+    }
+  }
+  return count;
+}
+
+// One input row's gradient, `channels` innermost (whole vectors of L through the tiles, then the
+// tail one at a time): dy's rows at `offsets` (column stride dysw), weights [tap][wt_step],
+// `zeros` at least `channels` long; dx's columns dxsw apart. `scratch` holds 2 * KW.
+template <typename out_t, typename acc_t>
+void input_grad_row(const acc_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
+                    const acc_t* zeros, const int64_t* offsets, int64_t nrows,
+                    const std::vector<ColumnPhase>& phases, const Geometry& g, int64_t channels,
+                    out_t* dx, int64_t dxsw, int64_t* scratch) {
+  constexpr int64_t L = lanes<acc_t>();
+  const int64_t blocks = channels / L;
+  for (int64_t p = 0; p < g.SW; ++p) {
+    const ColumnPhase& phase = phases[p];
+    const ColumnTaps interior{phase.offset.data(), phase.tap.data(),
+                              static_cast<int64_t>(phase.tap.size())};
+    auto border = [&](int64_t j) {  // the taps whose dy column j + base exists
+      int64_t count = 0;
+      for (size_t t = 0; t < phase.tap.size(); ++t)
+        if (j + phase.base[t] >= 0 && j + phase.base[t] < g.OW) {
+          scratch[count] = phase.offset[t];
+          scratch[g.KW + count++] = phase.tap[t];
+        }
+      return ColumnTaps{scratch, scratch + g.KW, count};
+    };
+    auto tile = [&](auto tw, auto nb, int64_t j, int64_t c0, const ColumnTaps& taps) {
+      forward_tile<out_t, acc_t, decltype(tw)::value, decltype(nb)::value>(
+          dy + j * dysw + c0, dysw, wt + c0, wt_step, zeros + c0, dx + (p + g.SW * j) * dxsw + c0,
+          g.SW * dxsw, offsets, nrows, taps);
+    };
+    tile_row(phase.columns, phase.first, phase.last, blocks, L, interior, border, tile);
+    for (int64_t j = 0; j < phase.columns; ++j) {  // the channel tail
+      const ColumnTaps taps = border(j);
+      for (int64_t c = blocks * L; c < channels; ++c) {
+        acc_t a = 0;
+        for (int64_t k = 0; k < nrows; ++k)
+          for (int64_t t = 0; t < taps.count; ++t)
+            a += dy[offsets[2 * k] + j * dysw + taps.offset[t] + c] *
+                 wt[(offsets[2 * k + 1] + taps.tap[t]) * wt_step + c];
+        dx[(p + g.SW * j) * dxsw + c] = from_acc<out_t>(a);
+      }
+    }
+  }
+}
+
+// Input gradient, channels innermost, multiplier 1, any stride: per input row, its dy rows
+// through input_grad_row's column phases.
+template <typename scalar_t>
+void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const scalar_t* w,
+                                      scalar_t* dx, Strides dxs, const Geometry& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  std::vector<acc_t> wt(g.taps() * g.O), zeros(g.O, acc_t(0));
+  for (int64_t o = 0; o < g.O; ++o)
+    for (int64_t t = 0; t < g.taps(); ++t) wt[t * g.O + o] = static_cast<acc_t>(w[o * g.taps() + t]);
+  Geometry rows_geometry = g;  // dy's rows: OW columns of C (= O) channels
+  rows_geometry.W = g.OW;
+  // column stride of the rows the tiles read: dy's, or the converted rows' (bfloat16/half)
+  const int64_t dysw = std::is_same_v<scalar_t, acc_t> ? dys.w : g.O;
+  const std::vector<ColumnPhase> phases = column_phases(g, dysw);
+  at::parallel_for(0, g.N * g.D * g.H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KW);
+    ConvertedRows<scalar_t, acc_t> converted(rows_geometry, !std::is_same_v<scalar_t, acc_t>);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / (g.D * g.H), id = (r / g.H) % g.D, ih = r % g.H;
+      const int64_t nrows = receiving_rows(g, dys, n, id, ih, offsets.data());
+      const acc_t* dyr;
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        dyr = dy;
+      } else {
+        converted.convert(dy, dys, rows_geometry, nrows, offsets.data());
+        dyr = converted.data();
+      }
+      input_grad_row(dyr, dysw, wt.data(), g.O, zeros.data(), offsets.data(), nrows, phases, g,
+                     g.C, dx + n * dxs.n + id * dxs.d + ih * dxs.h, dxs.w, scratch.data());
+    }
+  });
+}
+
 // TW output columns x NB channel vectors of the weight and bias gradients: the tile's output
-// gradients stay in registers while, per tap kw in [kw_lo, kw_hi) of each input row, the TW input
-// vectors are multiplied into them and the tap's sum is added to acc ([tap][O], at the tile's
-// first channel, as are dy, x and bias_acc; x at the input column of tap 0).
+// gradients stay in registers while, per column tap of each input row, the TW input vectors are
+// multiplied into them and the tap's sum is added to acc ([tap][O]); dy, x, acc and bias_acc at
+// the tile's first channel, x at the first column's base.
 template <typename acc_t, int64_t TW, int64_t NB>
-inline void weight_grad_tile(const acc_t* dy, int64_t dysw, const acc_t* x, int64_t xsw,
-                             int64_t column_step, acc_t* acc, int64_t acc_step, acc_t* bias_acc,
-                             int64_t DW, const int64_t* row_offsets, int64_t nrows, int64_t kw_lo,
-                             int64_t kw_hi) {
+inline void weight_grad_tile(const acc_t* dy, int64_t dysw, const acc_t* x, int64_t column_step,
+                             acc_t* acc, int64_t acc_step, acc_t* bias_acc,
+                             const int64_t* row_offsets, int64_t nrows, const ColumnTaps& taps) {
   constexpr int64_t L = lanes<acc_t>();
   vec_t<acc_t> d[TW][NB];
   for (int64_t j = 0; j < NB; ++j) {
@@ -550,12 +705,12 @@ inline void weight_grad_tile(const acc_t* dy, int64_t dysw, const acc_t* x, int6
   for (int64_t r = 0; r < nrows; ++r) {
     const acc_t* xrow = x + row_offsets[2 * r];
     acc_t* arow = acc + row_offsets[2 * r + 1] * acc_step;
-    for (int64_t kw = kw_lo; kw < kw_hi; ++kw) {
-      const acc_t* xp = xrow + kw * DW * xsw;
+    for (int64_t t = 0; t < taps.count; ++t) {
+      const acc_t* xp = xrow + taps.offset[t];
       for (int64_t j = 0; j < NB; ++j) {
         vec_t<acc_t> sum{};
         for (int64_t i = 0; i < TW; ++i) sum += d[i][j] * vload(xp + i * column_step + j * L);
-        acc_t* ap = arow + kw * acc_step + j * L;
+        acc_t* ap = arow + taps.tap[t] * acc_step + j * L;
         vstore(ap, vload(ap) + sum);
       }
     }
@@ -578,6 +733,7 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
   interior_columns(g, first, last);
   const int64_t stride = (taps + 1) * g.O;  // per chunk: [tap][channel], then the bias
   std::vector<acc_t> partial(chunks * stride, acc_t(0));
+  const WindowTaps window(g, std::is_same_v<scalar_t, acc_t> ? xs.w : g.C);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(2 * g.KD * g.KH), ahead(2 * g.KD * g.KH);
     ConvertedRows<scalar_t, acc_t> converted(g, !std::is_same_v<scalar_t, acc_t>);
@@ -614,21 +770,22 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
           dyr = dy_converted.data();
           dysw = g.O;
         }
-        int64_t kw_lo = 0, kw_hi = g.KW;
-        auto tile = [&](auto tw, auto nb, int64_t ow, int64_t c0) {
+        auto tile = [&](auto tw, auto nb, int64_t ow, int64_t c0, const ColumnTaps& column_taps) {
           weight_grad_tile<acc_t, decltype(tw)::value, decltype(nb)::value>(
-              dyr + ow * dysw + c0, dysw, xr + (ow * g.SW - g.PW) * xsw + c0, xsw, g.SW * xsw,
-              acc + c0, g.O, bias_acc + c0, g.DW, offsets.data(), nrows, kw_lo, kw_hi);
+              dyr + ow * dysw + c0, dysw, xr + (ow * g.SW - g.PW) * xsw + c0, g.SW * xsw,
+              acc + c0, g.O, bias_acc + c0, offsets.data(), nrows, column_taps);
         };
-        tile_row(g, first, last, blocks, L, kw_lo, kw_hi, tile);
+        tile_row(g.OW, first, last, blocks, L, window.all(),
+                 [&](int64_t ow) { return window.of_column(ow); }, tile);
         for (int64_t ow = 0; ow < g.OW; ++ow) {  // the channel tail
-          valid_taps(g, ow, kw_lo, kw_hi);
+          const ColumnTaps column_taps = window.of_column(ow);
           const acc_t* dyp = dyr + ow * dysw;
           for (int64_t o = blocks * L; o < g.O; ++o) bias_acc[o] += dyp[o];
           for (int64_t k = 0; k < nrows; ++k)
-            for (int64_t kw = kw_lo; kw < kw_hi; ++kw) {
-              const acc_t* xp = xr + offsets[2 * k] + (ow * g.SW - g.PW + kw * g.DW) * xsw;
-              acc_t* ap = acc + (offsets[2 * k + 1] + kw) * g.O;
+            for (int64_t t = 0; t < column_taps.count; ++t) {
+              const acc_t* xp =
+                  xr + offsets[2 * k] + (ow * g.SW - g.PW) * xsw + column_taps.offset[t];
+              acc_t* ap = acc + (offsets[2 * k + 1] + column_taps.tap[t]) * g.O;
               for (int64_t o = blocks * L; o < g.O; ++o) ap[o] += dyp[o] * xp[o];
             }
         }
@@ -1106,7 +1263,300 @@ void backward_planes(const scalar_t* dy, Strides dys, const scalar_t* x, Strides
 }
 
 // ---------------------------------------------------------------------------------------------
+// width innermost, strided or small planes: channel blocks turned channels-innermost in cache.
+// One task takes L channels of one sample (a vector's lanes), copies their volumes into a
+// zero-padded buffer laid out [d][h][w][L], computes there with the channels-inner tiles (every
+// tap of every output inside the buffer, so no column is a border column), and copies the result
+// back to planes. The backward does the same with x and dy for all three gradients at once.
+
+// The padded volume of a window sum with strides: the data at (PD, PH, PW), every tap of every
+// output inside.
+Padded strided_layout(const Geometry& g) {
+  return {std::max(g.PD + g.D, (g.OD - 1) * g.SD + (g.KD - 1) * g.DD + 1),
+          std::max(g.PH + g.H, (g.OH - 1) * g.SH + (g.KH - 1) * g.DH + 1),
+          std::max(g.PW + g.W, (g.OW - 1) * g.SW + (g.KW - 1) * g.DW + 1), g.PD, g.PH, g.PW};
+}
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__) && defined(__AVX512BW__) && \
+    defined(__AVX512VL__)
+#define DIAGONALWISE_TRANSPOSE 1
+// 16 float vectors transposed in registers: for b = 8, 4, 2, 1, rows i and i + b ((i & b) == 0)
+// exchange their elements q with (q & b) set against the partner's q - b (two-input shuffles,
+// one instruction each with AVX-512).
+typedef int32_t shuffle_mask_t __attribute__((vector_size(64)));
+// masks[s] for b = 8 >> s: {(q & b) ? 16 + q - b : q} and {(q & b) ? 16 + q : q + b}
+constexpr shuffle_mask_t kTransposeMasks[4][2] = {
+      {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+       {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}},
+      {{0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+       {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}},
+      {{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+       {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}},
+      {{0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
+       {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}},
+};
+
+inline void transpose16(vec_t<float>* r) {
+  for (int64_t stage = 0; stage < 4; ++stage) {
+    const int64_t b = 8 >> stage;
+    for (int64_t i = 0; i < 16; ++i) {
+      if (i & b) continue;
+      const vec_t<float> a = r[i], c = r[i + b];
+      r[i] = __builtin_shuffle(a, c, kTransposeMasks[stage][0]);
+      r[i + b] = __builtin_shuffle(a, c, kTransposeMasks[stage][1]);
+    }
+  }
+}
+
+typedef uint16_t half_bits_t __attribute__((vector_size(32)));
+typedef uint32_t bits_t __attribute__((vector_size(64)));
+
+// `count` (<= 16) consecutive values as floats, the other lanes 0 (bfloat16: the raw bits
+// shifted into place). Fewer than 16 are read with a masked load, which reads nothing past them.
+template <typename scalar_t>
+inline vec_t<float> load_floats(const scalar_t* p, int64_t count) {
+  const __mmask16 mask = static_cast<__mmask16>((1u << count) - 1);
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return count == 16 ? vload(p) : vec_t<float>(_mm512_maskz_loadu_ps(mask, p));
+  } else {
+    half_bits_t raw;
+    if (count == 16) {
+      std::memcpy(&raw, p, sizeof raw);
+    } else {
+      raw = half_bits_t(_mm256_maskz_loadu_epi16(mask, p));
+    }
+    const bits_t wide = __builtin_convertvector(raw, bits_t) << 16;
+    return vec_t<float>(wide);
+  }
+}
+
+// The first `count` (<= 16) lanes stored as scalar_t (bfloat16: rounded to nearest even, NaN
+// kept a quiet NaN, as from_acc does), with a masked store when fewer than 16.
+template <typename scalar_t>
+inline void store_floats(scalar_t* p, vec_t<float> v, int64_t count) {
+  const __mmask16 mask = static_cast<__mmask16>((1u << count) - 1);
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (count == 16) {
+      vstore(p, v);
+    } else {
+      _mm512_mask_storeu_ps(p, mask, __m512(v));
+    }
+  } else {
+    const bits_t bits = bits_t(v);
+    const bits_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    const bits_t nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;  // all ones where NaN
+    const bits_t result = (rounded & ~nan) | (bits_t{} + 0x7FC0u & nan);
+    const half_bits_t narrow = __builtin_convertvector(result, half_bits_t);
+    if (count == 16) {
+      std::memcpy(p, &narrow, sizeof narrow);
+    } else {
+      _mm256_mask_storeu_epi16(p, mask, __m256i(narrow));
+    }
+  }
+}
+#endif
+
+// Channels [0, count) of a volume (strides s) into buf laid out [p][L], zeros elsewhere. Whole
+// blocks of 16 float lanes with unit-stride rows go 16 columns at a time through transpose16.
+template <typename scalar_t, typename acc_t>
+void gather_channels(const scalar_t* v, const Strides& s, int64_t count, int64_t D, int64_t H,
+                     int64_t W, const Padded& p, acc_t* buf) {
+  constexpr int64_t L = lanes<acc_t>();
+  std::fill(buf, buf + p.size() * L, acc_t(0));
+  int64_t vector_columns = 0;
+#ifdef DIAGONALWISE_TRANSPOSE
+  if constexpr (std::is_same_v<acc_t, float> && !std::is_same_v<scalar_t, c10::Half>) {
+    if (count == L && s.w == 1) {
+      vector_columns = W;
+      vec_t<float> r[16];
+      for (int64_t i = 0; i < D; ++i)
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t* row = v + i * s.d + j * s.h;
+          acc_t* out = buf + p.at(i + p.lo_d, j + p.lo_h, p.lo_w) * L;
+          for (int64_t k = 0; k < W; k += 16) {
+            const int64_t columns = std::min<int64_t>(16, W - k);
+            for (int64_t c = 0; c < 16; ++c) r[c] = load_floats(row + c * s.c + k, columns);
+            transpose16(r);
+            for (int64_t q = 0; q < columns; ++q) vstore(out + (k + q) * L, r[q]);
+          }
+        }
+    }
+  }
+#endif
+  for (int64_t c = 0; c < count; ++c)
+    for (int64_t i = 0; i < D; ++i)
+      for (int64_t j = 0; j < H; ++j) {
+        const scalar_t* row = v + c * s.c + i * s.d + j * s.h;
+        acc_t* out = buf + p.at(i + p.lo_d, j + p.lo_h, p.lo_w) * L + c;
+        for (int64_t k = vector_columns; k < W; ++k) out[k * L] = static_cast<acc_t>(row[k * s.w]);
+      }
+}
+
+// The inverse for an unpadded D x H x W buffer: its channels [0, count) back to planes.
+template <typename scalar_t, typename acc_t>
+void scatter_channels(const acc_t* buf, int64_t count, int64_t D, int64_t H, int64_t W,
+                      scalar_t* v, const Strides& s) {
+  constexpr int64_t L = lanes<acc_t>();
+  int64_t vector_columns = 0;
+#ifdef DIAGONALWISE_TRANSPOSE
+  if constexpr (std::is_same_v<acc_t, float> && !std::is_same_v<scalar_t, c10::Half>) {
+    if (count == L && s.w == 1) {
+      vector_columns = W;
+      vec_t<float> r[16];
+      for (int64_t i = 0; i < D; ++i)
+        for (int64_t j = 0; j < H; ++j) {
+          scalar_t* row = v + i * s.d + j * s.h;
+          const acc_t* in = buf + ((i * H + j) * W) * L;
+          for (int64_t k = 0; k < W; k += 16) {
+            const int64_t columns = std::min<int64_t>(16, W - k);
+            for (int64_t q = 0; q < 16; ++q) r[q] = q < columns ? vload(in + (k + q) * L) : vec_t<float>{};
+            transpose16(r);
+            for (int64_t c = 0; c < 16; ++c) store_floats(row + c * s.c + k, r[c], columns);
+          }
+        }
+    }
+  }
+#endif
+  for (int64_t c = 0; c < count; ++c)
+    for (int64_t i = 0; i < D; ++i)
+      for (int64_t j = 0; j < H; ++j) {
+        scalar_t* row = v + c * s.c + i * s.d + j * s.h;
+        const acc_t* in = buf + ((i * H + j) * W) * L + c;
+        for (int64_t k = vector_columns; k < W; ++k) row[k * s.w] = from_acc<scalar_t>(in[k * L]);
+      }
+}
+
+// Channels [c0, c0 + count) of the weight as [tap][L] (zeros past count), and of the bias.
+template <typename scalar_t, typename acc_t>
+void block_weights(const scalar_t* w, const scalar_t* b, int64_t c0, int64_t count,
+                   const Geometry& g, acc_t* wt, acc_t* bias) {
+  constexpr int64_t L = lanes<acc_t>();
+  for (int64_t l = 0; l < L; ++l) {
+    for (int64_t t = 0; t < g.taps(); ++t)
+      wt[t * L + l] = l < count ? static_cast<acc_t>(w[(c0 + l) * g.taps() + t]) : acc_t(0);
+    if (bias) bias[l] = l < count && b ? static_cast<acc_t>(b[c0 + l]) : acc_t(0);
+  }
+}
+
+// Output row (od, oh)'s input rows in layout p (all inside it), as (offset * L, first tap).
+inline int64_t padded_rows(const Geometry& g, const Padded& p, int64_t od, int64_t oh,
+                           int64_t lanes, int64_t* offsets) {
+  int64_t count = 0;
+  for (int64_t kd = 0; kd < g.KD; ++kd)
+    for (int64_t kh = 0; kh < g.KH; ++kh) {
+      offsets[2 * count] = p.at(od * g.SD + kd * g.DD, oh * g.SH + kh * g.DH, 0) * lanes;
+      offsets[2 * count + 1] = (kd * g.KH + kh) * g.KW;
+      ++count;
+    }
+  return count;
+}
+
+template <typename scalar_t>
+void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const scalar_t* b,
+                     scalar_t* y, Strides ys, const Geometry& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t L = lanes<acc_t>();
+  const Padded p = strided_layout(g);
+  const int64_t groups = (g.C + L - 1) / L;
+  const WindowTaps window(g, L);
+  at::parallel_for(0, g.N * groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(p.size() * L), out(g.OD * g.OH * g.OW * L), wt(g.taps() * L), bias(L);
+    std::vector<int64_t> offsets(2 * g.KD * g.KH);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / groups, c0 = (task % groups) * L, count = std::min(L, g.C - c0);
+      block_weights(w, b, c0, count, g, wt.data(), bias.data());
+      gather_channels(x + n * xs.n + c0 * xs.c, xs, count, g.D, g.H, g.W, p, buf.data());
+      for (int64_t od = 0; od < g.OD; ++od)
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          const int64_t nrows = padded_rows(g, p, od, oh, L, offsets.data());
+          acc_t* orow = out.data() + (od * g.OH + oh) * g.OW * L;
+          auto tile = [&](auto tw, auto nb, int64_t ow, int64_t, const ColumnTaps& taps) {
+            forward_tile<acc_t, acc_t, decltype(tw)::value, decltype(nb)::value>(
+                buf.data() + ow * g.SW * L, g.SW * L, wt.data(), L, bias.data(), orow + ow * L, L,
+                offsets.data(), nrows, taps);
+          };
+          tile_row(g.OW, 0, g.OW, 1, L, window.all(), [&](int64_t) { return window.all(); }, tile);
+        }
+      scatter_channels(out.data(), count, g.OD, g.OH, g.OW, y + n * ys.n + c0 * ys.c, ys);
+    }
+  });
+}
+
+// One task per (sample, channel block): the weight and bias sums of each task are kept apart and
+// added over the samples in order afterwards (deterministic); x and dy are read once for all three.
+template <typename scalar_t>
+void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Strides xs,
+                      const scalar_t* w, scalar_t* dx, Strides dxs, scalar_t* dw, scalar_t* db,
+                      const Geometry& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t L = lanes<acc_t>();
+  const Padded p = strided_layout(g);
+  const int64_t groups = (g.C + L - 1) / L, taps = g.taps(), sums = (taps + 1) * L;
+  const WindowTaps window(g, L);
+  const std::vector<ColumnPhase> phases = column_phases(g, L);
+  const Strides blocked_dy(0, 1, g.OH * g.OW * L, g.OW * L, L);
+  std::vector<acc_t> partial(dw || db ? g.N * groups * sums : 0, acc_t(0));
+  at::parallel_for(0, g.N * groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> xbuf(dw ? p.size() * L : 0), dybuf(g.OD * g.OH * g.OW * L);
+    std::vector<acc_t> dxbuf(dx ? g.D * g.H * g.W * L : 0), wt(taps * L), zeros(L, acc_t(0));
+    std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KW);
+    const Padded unpadded{g.OD, g.OH, g.OW, 0, 0, 0};
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / groups, c0 = (task % groups) * L, count = std::min(L, g.C - c0);
+      gather_channels(dy + n * dys.n + c0 * dys.c, dys, count, g.OD, g.OH, g.OW, unpadded,
+                      dybuf.data());
+      if (dw || db) {
+        acc_t* acc = partial.data() + task * sums;
+        if (dw) gather_channels(x + n * xs.n + c0 * xs.c, xs, count, g.D, g.H, g.W, p, xbuf.data());
+        for (int64_t od = 0; od < g.OD; ++od)
+          for (int64_t oh = 0; oh < g.OH; ++oh) {
+            const int64_t nrows = dw ? padded_rows(g, p, od, oh, L, offsets.data()) : 0;
+            const acc_t* dyrow = dybuf.data() + (od * g.OH + oh) * g.OW * L;
+            auto tile = [&](auto tw, auto nb, int64_t ow, int64_t, const ColumnTaps& column_taps) {
+              weight_grad_tile<acc_t, decltype(tw)::value, decltype(nb)::value>(
+                  dyrow + ow * L, L, xbuf.data() + ow * g.SW * L, g.SW * L, acc, L,
+                  acc + taps * L, offsets.data(), nrows, column_taps);
+            };
+            tile_row(g.OW, 0, g.OW, 1, L, window.all(), [&](int64_t) { return window.all(); },
+                     tile);
+          }
+      }
+      if (dx) {
+        block_weights(w, static_cast<const scalar_t*>(nullptr), c0, count, g, wt.data(),
+                      static_cast<acc_t*>(nullptr));
+        for (int64_t id = 0; id < g.D; ++id)
+          for (int64_t ih = 0; ih < g.H; ++ih) {
+            const int64_t nrows = receiving_rows(g, blocked_dy, 0, id, ih, offsets.data());
+            input_grad_row(static_cast<const acc_t*>(dybuf.data()), L, wt.data(), L, zeros.data(),
+                           offsets.data(), nrows, phases, g, L,
+                           dxbuf.data() + (id * g.H + ih) * g.W * L, L, scratch.data());
+          }
+        scatter_channels(dxbuf.data(), count, g.D, g.H, g.W, dx + n * dxs.n + c0 * dxs.c, dxs);
+      }
+    }
+  });
+  for (int64_t c = 0; c < g.C && (dw || db); ++c) {
+    const int64_t group = c / L, lane = c % L;
+    for (int64_t t = 0; t <= taps; ++t) {
+      acc_t sum = 0;
+      for (int64_t n = 0; n < g.N; ++n) sum += partial[(n * groups + group) * sums + t * L + lane];
+      if (t < taps && dw) dw[c * taps + t] = static_cast<scalar_t>(sum);
+      if (t == taps && db) db[c] = static_cast<scalar_t>(sum);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // entry points
+
+// Width-innermost layers with a stride go through channel blocks (MobileNet V1's stride-2
+// layers: 1.1x-2.7x faster than v1's row loops), and so do bfloat16 planes up to 56x56 (1.1x-1.3x
+// faster than whole planes); float32 stride-1 layers keep the whole planes, as fast or faster
+// there (v7 in benchmarks/cpu_direct_notes.md).
+bool use_blocked(const Geometry& g, bool bfloat16) {
+  if (g.M != 1) return false;
+  return !planes_apply(g) || (bfloat16 && g.D * g.H * g.W <= 56 * 56);
+}
 
 at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -1127,6 +1577,9 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const c10::opt
     } else if (channels_inner(x)) {
       forward_channels_inner<scalar_t>(x.const_data_ptr<scalar_t>(), Strides(x), w.const_data_ptr<scalar_t>(),
                                        bp, y.mutable_data_ptr<scalar_t>(), Strides(y), g);
+    } else if (use_blocked(g, x.scalar_type() == at::kBFloat16)) {
+      forward_blocked<scalar_t>(x.const_data_ptr<scalar_t>(), Strides(x), w.const_data_ptr<scalar_t>(),
+                                bp, y.mutable_data_ptr<scalar_t>(), Strides(y), g);
     } else if (planes_apply(g)) {
       forward_planes<scalar_t>(x.const_data_ptr<scalar_t>(), Strides(x), w.const_data_ptr<scalar_t>(),
                                bp, y.mutable_data_ptr<scalar_t>(), Strides(y), g);
@@ -1176,6 +1629,10 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor
         forward_channels_inner_tiled<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy),
                                                flipped.const_data_ptr<scalar_t>(), nullptr,
                                                dx.mutable_data_ptr<scalar_t>(), Strides(dx), t);
+      } else if (dx.defined() && g.M == 1) {
+        input_grad_channels_inner_phases<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy),
+                                                   w.const_data_ptr<scalar_t>(),
+                                                   dx.mutable_data_ptr<scalar_t>(), Strides(dx), g);
       } else if (dx.defined())
         input_grad_channels_inner<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy), w.const_data_ptr<scalar_t>(),
                                             dx.mutable_data_ptr<scalar_t>(), Strides(dx), g);
@@ -1188,7 +1645,10 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor
     } else {
       scalar_t* dxp = dx.defined() ? dx.mutable_data_ptr<scalar_t>() : nullptr;
       const Strides dxs = dx.defined() ? Strides(dx) : Strides(x);
-      if (planes_apply_backward(g))
+      if (use_blocked(g, x.scalar_type() == at::kBFloat16))
+        backward_blocked<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy), x.const_data_ptr<scalar_t>(),
+                                   Strides(x), w.const_data_ptr<scalar_t>(), dxp, dxs, dwp, dbp, g);
+      else if (planes_apply_backward(g))
         backward_planes<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy), x.const_data_ptr<scalar_t>(),
                                   Strides(x), w.const_data_ptr<scalar_t>(), dxp, dxs, dwp, dbp, g);
       else if (x.stride(4) == 1 && dy.stride(4) == 1)
