@@ -31,6 +31,10 @@ DEPTHWISE_CASES = [case for case in CASES if case[2] == 1] + [
     (2, 3, 1, 2, (13, 1), (1, 2), (6, 0), 1, (17, 7)),
     (2, 5, 1, 1, (7, 7), 2, 3, 1, (13, 13)),
     (3, 3, 1, 3, (3, 3, 3), 2, "valid", 1, (7, 7, 7)),
+    # NCHW planes above 56x56 (the whole-plane loops; smaller ones go through channel blocks)
+    (2, 3, 1, 1, (3, 3), 1, 1, 1, (57, 61)),
+    (2, 2, 1, 1, (5, 3), 1, (1, 2), (2, 1), (60, 58)),
+    (3, 2, 1, 1, (3, 3, 3), 1, 1, 1, (3, 40, 30)),
 ]
 
 
@@ -93,8 +97,9 @@ def test_property_matches_native(problem, seed):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("channels", [16, 20])  # whole channel blocks, and a tail
 # rows of 13 and 37 columns (in NCHW, 37 = two whole 16-column transposes and a masked one),
-# stride 1 and 2
-@pytest.mark.parametrize("stride, size", [(1, 13), (1, 37), (2, 37)], ids=["s1-13", "s1-37", "s2-37"])
+# stride 1 and 2; 60x60 NCHW planes go through the whole-plane loops
+@pytest.mark.parametrize("stride, size", [(1, 13), (1, 37), (2, 37), (1, 60)],
+                         ids=["s1-13", "s1-37", "s2-37", "s1-60"])
 def test_lower_precisions_match_native(dtype, layout, channels, stride, size):
     """float32 against native float32; bfloat16 and float16 (accumulated in float32) against
     native in float32 of the same rounded operands, within one rounding of the output type."""
@@ -251,15 +256,16 @@ def test_bfloat16_keeps_nan_and_inf_where_native_puts_them(layout):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_inf_in_the_input_reaches_only_the_weight_gradients_native_puts_it_in(layout):
+@pytest.mark.parametrize("size", [9, 60])  # NCHW: channel blocks up to 56x56, whole planes above
+def test_inf_in_the_input_reaches_only_the_weight_gradients_native_puts_it_in(layout, size):
     """x's last column is never read by the left taps: their gradient stays finite, though the
     whole-plane loops compute positions past each row's end (where dy is zero) from it."""
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
-    x[1, 2, 5, 8] = float("inf")
+    x = torch.randn(2, 4, size, size, dtype=torch.float64)
+    x[1, 2, 5, size - 1] = float("inf")
     x = x.contiguous(memory_format=fmt).requires_grad_()
     weight = torch.randn(4, 1, 3, 3, dtype=torch.float64, requires_grad=True)
-    dy = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    dy = torch.randn(2, 4, size, size, dtype=torch.float64)
     grads = []
     for algorithm in ("cpu_direct", None):
         out = dw.conv2d(x, weight, None, 1, 1, 1, 4, algorithm=algorithm) if algorithm else \

@@ -201,8 +201,8 @@ inline void prefetch(const T* p, int64_t count) {
     __builtin_prefetch(bytes + i, 0, 2);
 }
 
-// Ahead of output row r (n, od, oh) of the channels-inner order, the one input row it reads that
-// the row before it did not (the last of its input rows), when the row's pixels are dense. The
+// Ahead of output row r (n, od, oh) of the channels-inner order, the input rows it reads that
+// the row before it did not (its last SH input rows), when the row's pixels are dense. The
 // hardware prefetcher alone left the tiled kernels waiting on memory (measured: 16x128x56x56,
 // forward 3.2 ms without, 2.0 ms with). `scratch` holds 2 * KD * KH offsets.
 template <typename scalar_t>
@@ -210,7 +210,8 @@ inline void prefetch_new_input_row(const scalar_t* x, const Strides& xs, const G
                                    int64_t r, int64_t* scratch) {
   if (xs.w != g.C) return;
   const int64_t count = input_rows(g, xs, r / (g.OD * g.OH), (r / g.OH) % g.OD, r % g.OH, scratch);
-  if (count > 0) prefetch(x + scratch[2 * (count - 1)], g.W * g.C);
+  for (int64_t k = std::max<int64_t>(0, count - g.SH); k < count; ++k)
+    prefetch(x + scratch[2 * k], g.W * g.C);
 }
 
 // `count` elements to acc_t. bfloat16 is the top half of a float, so its conversion is a shift
@@ -670,6 +671,11 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
     ConvertedRows<scalar_t, acc_t> converted(rows_geometry, !std::is_same_v<scalar_t, acc_t>);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (g.D * g.H), id = (r / g.H) % g.D, ih = r % g.H;
+      if (r + 1 < end && dys.w == g.O) {  // the next input row's last dy row, as in the forward
+        const int64_t count = receiving_rows(g, dys, (r + 1) / (g.D * g.H), ((r + 1) / g.H) % g.D,
+                                             (r + 1) % g.H, offsets.data());
+        if (count > 0) prefetch(dy + offsets[2 * (count - 1)], g.OW * g.O);
+      }
       const int64_t nrows = receiving_rows(g, dys, n, id, ih, offsets.data());
       const acc_t* dyr;
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
@@ -1126,7 +1132,7 @@ void store_rows(const acc_t* acc, const Padded& p, int64_t D, int64_t H, int64_t
     }
 }
 
-bool planes_apply(const Geometry& g) { return g.SD == 1 && g.SH == 1 && g.SW == 1; }
+bool planes_apply(const Geometry& g) { return g.SD == 1 && g.SH == 1 && g.SW == 1 && false; }
 
 // The input gradient's padding, (K - 1) * D - P per dimension, must not be negative.
 bool planes_apply_backward(const Geometry& g) {
@@ -1297,8 +1303,10 @@ constexpr shuffle_mask_t kTransposeMasks[4][2] = {
 };
 
 inline void transpose16(vec_t<float>* r) {
+#pragma GCC unroll 4
   for (int64_t stage = 0; stage < 4; ++stage) {
     const int64_t b = 8 >> stage;
+#pragma GCC unroll 16
     for (int64_t i = 0; i < 16; ++i) {
       if (i & b) continue;
       const vec_t<float> a = r[i], c = r[i + b];
@@ -1369,13 +1377,19 @@ void gather_channels(const scalar_t* v, const Strides& s, int64_t count, int64_t
     if (count == L && s.w == 1) {
       vector_columns = W;
       vec_t<float> r[16];
+      const bool dense = s.h == W && s.d == H * W;
       for (int64_t i = 0; i < D; ++i)
         for (int64_t j = 0; j < H; ++j) {
           const scalar_t* row = v + i * s.d + j * s.h;
           acc_t* out = buf + p.at(i + p.lo_d, j + p.lo_h, p.lo_w) * L;
           for (int64_t k = 0; k < W; k += 16) {
             const int64_t columns = std::min<int64_t>(16, W - k);
-            for (int64_t c = 0; c < 16; ++c) r[c] = load_floats(row + c * s.c + k, columns);
+            // a short row's 16 loads may run into the volume's next rows (ignored); masked
+            // loads, slow on this CPU, only where they would leave the volume
+            const int64_t loaded = columns == 16 || (dense && (i * H + j) * W + k + 16 <= D * H * W)
+                                       ? 16
+                                       : columns;
+            for (int64_t c = 0; c < 16; ++c) r[c] = load_floats(row + c * s.c + k, loaded);
             transpose16(r);
             for (int64_t q = 0; q < columns; ++q) vstore(out + (k + q) * L, r[q]);
           }
@@ -1392,10 +1406,11 @@ void gather_channels(const scalar_t* v, const Strides& s, int64_t count, int64_t
       }
 }
 
-// The inverse for an unpadded D x H x W buffer: its channels [0, count) back to planes.
+// The inverse: the D x H x W positions of buf (laid out [layout][L]), channels [0, count), back
+// to planes.
 template <typename scalar_t, typename acc_t>
-void scatter_channels(const acc_t* buf, int64_t count, int64_t D, int64_t H, int64_t W,
-                      scalar_t* v, const Strides& s) {
+void scatter_channels(const acc_t* buf, const Padded& layout, int64_t count, int64_t D, int64_t H,
+                      int64_t W, scalar_t* v, const Strides& s) {
   constexpr int64_t L = lanes<acc_t>();
   int64_t vector_columns = 0;
 #ifdef DIAGONALWISE_TRANSPOSE
@@ -1403,15 +1418,22 @@ void scatter_channels(const acc_t* buf, int64_t count, int64_t D, int64_t H, int
     if (count == L && s.w == 1) {
       vector_columns = W;
       vec_t<float> r[16];
+      const bool dense = s.h == W && s.d == H * W;
       for (int64_t i = 0; i < D; ++i)
         for (int64_t j = 0; j < H; ++j) {
           scalar_t* row = v + i * s.d + j * s.h;
-          const acc_t* in = buf + ((i * H + j) * W) * L;
+          const acc_t* in = buf + layout.at(i, j, 0) * L;
           for (int64_t k = 0; k < W; k += 16) {
             const int64_t columns = std::min<int64_t>(16, W - k);
             for (int64_t q = 0; q < 16; ++q) r[q] = q < columns ? vload(in + (k + q) * L) : vec_t<float>{};
             transpose16(r);
-            for (int64_t c = 0; c < 16; ++c) store_floats(row + c * s.c + k, r[c], columns);
+            // a short row's 16 stores may run into the volume's next rows, which are stored
+            // after it (rows in order, each channel's volume its own); masked stores only where
+            // they would leave the volume
+            const int64_t stored = columns == 16 || (dense && (i * H + j) * W + k + 16 <= D * H * W)
+                                       ? 16
+                                       : columns;
+            for (int64_t c = 0; c < 16; ++c) store_floats(row + c * s.c + k, r[c], stored);
           }
         }
     }
@@ -1421,7 +1443,7 @@ void scatter_channels(const acc_t* buf, int64_t count, int64_t D, int64_t H, int
     for (int64_t i = 0; i < D; ++i)
       for (int64_t j = 0; j < H; ++j) {
         scalar_t* row = v + c * s.c + i * s.d + j * s.h;
-        const acc_t* in = buf + ((i * H + j) * W) * L + c;
+        const acc_t* in = buf + layout.at(i, j, 0) * L + c;
         for (int64_t k = vector_columns; k < W; ++k) row[k * s.w] = from_acc<scalar_t>(in[k * L]);
       }
 }
@@ -1456,11 +1478,11 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
                      scalar_t* y, Strides ys, const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t L = lanes<acc_t>();
-  const Padded p = strided_layout(g);
+  const Padded p = strided_layout(g), out_layout{g.OD, g.OH, g.OW, 0, 0, 0};
   const int64_t groups = (g.C + L - 1) / L;
   const WindowTaps window(g, L);
   at::parallel_for(0, g.N * groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf(p.size() * L), out(g.OD * g.OH * g.OW * L), wt(g.taps() * L), bias(L);
+    std::vector<acc_t> buf(p.size() * L), out(out_layout.size() * L), wt(g.taps() * L), bias(L);
     std::vector<int64_t> offsets(2 * g.KD * g.KH);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / groups, c0 = (task % groups) * L, count = std::min(L, g.C - c0);
@@ -1469,7 +1491,7 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
       for (int64_t od = 0; od < g.OD; ++od)
         for (int64_t oh = 0; oh < g.OH; ++oh) {
           const int64_t nrows = padded_rows(g, p, od, oh, L, offsets.data());
-          acc_t* orow = out.data() + (od * g.OH + oh) * g.OW * L;
+          acc_t* orow = out.data() + out_layout.at(od, oh, 0) * L;
           auto tile = [&](auto tw, auto nb, int64_t ow, int64_t, const ColumnTaps& taps) {
             forward_tile<acc_t, acc_t, decltype(tw)::value, decltype(nb)::value>(
                 buf.data() + ow * g.SW * L, g.SW * L, wt.data(), L, bias.data(), orow + ow * L, L,
@@ -1477,7 +1499,8 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
           };
           tile_row(g.OW, 0, g.OW, 1, L, window.all(), [&](int64_t) { return window.all(); }, tile);
         }
-      scatter_channels(out.data(), count, g.OD, g.OH, g.OW, y + n * ys.n + c0 * ys.c, ys);
+      scatter_channels(out.data(), out_layout, count, g.OD, g.OH, g.OW, y + n * ys.n + c0 * ys.c,
+                       ys);
     }
   });
 }
@@ -1494,16 +1517,16 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
   const int64_t groups = (g.C + L - 1) / L, taps = g.taps(), sums = (taps + 1) * L;
   const WindowTaps window(g, L);
   const std::vector<ColumnPhase> phases = column_phases(g, L);
+  const Padded dy_layout{g.OD, g.OH, g.OW, 0, 0, 0}, dx_layout{g.D, g.H, g.W, 0, 0, 0};
   const Strides blocked_dy(0, 1, g.OH * g.OW * L, g.OW * L, L);
   std::vector<acc_t> partial(dw || db ? g.N * groups * sums : 0, acc_t(0));
   at::parallel_for(0, g.N * groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> xbuf(dw ? p.size() * L : 0), dybuf(g.OD * g.OH * g.OW * L);
-    std::vector<acc_t> dxbuf(dx ? g.D * g.H * g.W * L : 0), wt(taps * L), zeros(L, acc_t(0));
+    std::vector<acc_t> xbuf(dw ? p.size() * L : 0), dybuf(dy_layout.size() * L);
+    std::vector<acc_t> dxbuf(dx ? dx_layout.size() * L : 0), wt(taps * L), zeros(L, acc_t(0));
     std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KW);
-    const Padded unpadded{g.OD, g.OH, g.OW, 0, 0, 0};
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / groups, c0 = (task % groups) * L, count = std::min(L, g.C - c0);
-      gather_channels(dy + n * dys.n + c0 * dys.c, dys, count, g.OD, g.OH, g.OW, unpadded,
+      gather_channels(dy + n * dys.n + c0 * dys.c, dys, count, g.OD, g.OH, g.OW, dy_layout,
                       dybuf.data());
       if (dw || db) {
         acc_t* acc = partial.data() + task * sums;
@@ -1511,7 +1534,7 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
         for (int64_t od = 0; od < g.OD; ++od)
           for (int64_t oh = 0; oh < g.OH; ++oh) {
             const int64_t nrows = dw ? padded_rows(g, p, od, oh, L, offsets.data()) : 0;
-            const acc_t* dyrow = dybuf.data() + (od * g.OH + oh) * g.OW * L;
+            const acc_t* dyrow = dybuf.data() + dy_layout.at(od, oh, 0) * L;
             auto tile = [&](auto tw, auto nb, int64_t ow, int64_t, const ColumnTaps& column_taps) {
               weight_grad_tile<acc_t, decltype(tw)::value, decltype(nb)::value>(
                   dyrow + ow * L, L, xbuf.data() + ow * g.SW * L, g.SW * L, acc, L,
@@ -1531,7 +1554,8 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
                            offsets.data(), nrows, phases, g, L,
                            dxbuf.data() + (id * g.H + ih) * g.W * L, L, scratch.data());
           }
-        scatter_channels(dxbuf.data(), count, g.D, g.H, g.W, dx + n * dxs.n + c0 * dxs.c, dxs);
+        scatter_channels(dxbuf.data(), dx_layout, count, g.D, g.H, g.W,
+                         dx + n * dxs.n + c0 * dxs.c, dxs);
       }
     }
   });
@@ -1549,13 +1573,11 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
 // ---------------------------------------------------------------------------------------------
 // entry points
 
-// Width-innermost layers with a stride go through channel blocks (MobileNet V1's stride-2
-// layers: 1.1x-2.7x faster than v1's row loops), and so do bfloat16 planes up to 56x56 (1.1x-1.3x
-// faster than whole planes); float32 stride-1 layers keep the whole planes, as fast or faster
-// there (v7 in benchmarks/cpu_direct_notes.md).
-bool use_blocked(const Geometry& g, bool bfloat16) {
-  if (g.M != 1) return false;
-  return !planes_apply(g) || (bfloat16 && g.D * g.H * g.W <= 56 * 56);
+// Width-innermost layers go through channel blocks when strided or up to 56x56 (MobileNet V1,
+// float32: 1.3x-1.9x faster than whole planes or v1's row loops there); larger stride-1 planes
+// keep the whole-plane loops, faster on 112x112 (v7 in benchmarks/cpu_direct_notes.md).
+bool use_blocked(const Geometry& g) {
+  return g.M == 1 && (!planes_apply(g) || g.D * g.H * g.W <= 56 * 56);
 }
 
 at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
@@ -1577,7 +1599,7 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const c10::opt
     } else if (channels_inner(x)) {
       forward_channels_inner<scalar_t>(x.const_data_ptr<scalar_t>(), Strides(x), w.const_data_ptr<scalar_t>(),
                                        bp, y.mutable_data_ptr<scalar_t>(), Strides(y), g);
-    } else if (use_blocked(g, x.scalar_type() == at::kBFloat16)) {
+    } else if (use_blocked(g)) {
       forward_blocked<scalar_t>(x.const_data_ptr<scalar_t>(), Strides(x), w.const_data_ptr<scalar_t>(),
                                 bp, y.mutable_data_ptr<scalar_t>(), Strides(y), g);
     } else if (planes_apply(g)) {
@@ -1645,7 +1667,7 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor
     } else {
       scalar_t* dxp = dx.defined() ? dx.mutable_data_ptr<scalar_t>() : nullptr;
       const Strides dxs = dx.defined() ? Strides(dx) : Strides(x);
-      if (use_blocked(g, x.scalar_type() == at::kBFloat16))
+      if (use_blocked(g))
         backward_blocked<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy), x.const_data_ptr<scalar_t>(),
                                    Strides(x), w.const_data_ptr<scalar_t>(), dxp, dxs, dwp, dbp, g);
       else if (planes_apply_backward(g))
