@@ -1448,28 +1448,38 @@ void scatter_channels(const acc_t* buf, const Padded& layout, int64_t count, int
       }
 }
 
-// Channels [c0, c0 + count) of the weight as [tap][L] (zeros past count), and of the bias.
+// The weight as [channel block][tap][L] and the bias as [channel block][L], zeros past the last
+// channel: once per call, not per (sample, block) task.
 template <typename scalar_t, typename acc_t>
-void block_weights(const scalar_t* w, const scalar_t* b, int64_t c0, int64_t count,
-                   const Geometry& g, acc_t* wt, acc_t* bias) {
+void block_weights(const scalar_t* w, const scalar_t* b, const Geometry& g, std::vector<acc_t>& wt,
+                   std::vector<acc_t>& bias) {
   constexpr int64_t L = lanes<acc_t>();
-  for (int64_t l = 0; l < L; ++l) {
-    for (int64_t t = 0; t < g.taps(); ++t)
-      wt[t * L + l] = l < count ? static_cast<acc_t>(w[(c0 + l) * g.taps() + t]) : acc_t(0);
-    if (bias) bias[l] = l < count && b ? static_cast<acc_t>(b[c0 + l]) : acc_t(0);
+  const int64_t groups = (g.C + L - 1) / L;
+  wt.assign(groups * g.taps() * L, acc_t(0));
+  bias.assign(groups * L, acc_t(0));
+  for (int64_t c = 0; c < g.C; ++c) {
+    acc_t* block = wt.data() + (c / L) * g.taps() * L + c % L;
+    for (int64_t t = 0; t < g.taps(); ++t) block[t * L] = static_cast<acc_t>(w[c * g.taps() + t]);
+    if (b) bias[c] = static_cast<acc_t>(b[c]);
   }
 }
 
-// Output row (od, oh)'s input rows in layout p (all inside it), as (offset * L, first tap).
+// Output row (od, oh)'s input rows in layout p that hold data (not only padding), as
+// (offset * lanes, index of the row's first tap).
 inline int64_t padded_rows(const Geometry& g, const Padded& p, int64_t od, int64_t oh,
                            int64_t lanes, int64_t* offsets) {
   int64_t count = 0;
-  for (int64_t kd = 0; kd < g.KD; ++kd)
+  for (int64_t kd = 0; kd < g.KD; ++kd) {
+    const int64_t i = od * g.SD + kd * g.DD;
+    if (i < g.PD || i >= g.PD + g.D) continue;
     for (int64_t kh = 0; kh < g.KH; ++kh) {
-      offsets[2 * count] = p.at(od * g.SD + kd * g.DD, oh * g.SH + kh * g.DH, 0) * lanes;
+      const int64_t j = oh * g.SH + kh * g.DH;
+      if (j < g.PH || j >= g.PH + g.H) continue;
+      offsets[2 * count] = p.at(i, j, 0) * lanes;
       offsets[2 * count + 1] = (kd * g.KH + kh) * g.KW;
       ++count;
     }
+  }
   return count;
 }
 
@@ -1480,13 +1490,20 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
   constexpr int64_t L = lanes<acc_t>();
   const Padded p = strided_layout(g), out_layout{g.OD, g.OH, g.OW, 0, 0, 0};
   const int64_t groups = (g.C + L - 1) / L;
+  // every tap lies inside the padded buffer, but the border columns' taps into the padding and
+  // rows of padding only add zeros: they are left out (a 7x7 kernel on a 4x4 map reads 16 of 49)
   const WindowTaps window(g, L);
+  int64_t first, last;
+  interior_columns(g, first, last);
+  std::vector<acc_t> block_wt, block_bias;
+  block_weights(w, b, g, block_wt, block_bias);
   at::parallel_for(0, g.N * groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf(p.size() * L), out(out_layout.size() * L), wt(g.taps() * L), bias(L);
+    std::vector<acc_t> buf(p.size() * L), out(out_layout.size() * L);
     std::vector<int64_t> offsets(2 * g.KD * g.KH);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / groups, c0 = (task % groups) * L, count = std::min(L, g.C - c0);
-      block_weights(w, b, c0, count, g, wt.data(), bias.data());
+      const acc_t* wt = block_wt.data() + (task % groups) * g.taps() * L;
+      const acc_t* bias = block_bias.data() + (task % groups) * L;
       gather_channels(x + n * xs.n + c0 * xs.c, xs, count, g.D, g.H, g.W, p, buf.data());
       for (int64_t od = 0; od < g.OD; ++od)
         for (int64_t oh = 0; oh < g.OH; ++oh) {
@@ -1494,10 +1511,11 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
           acc_t* orow = out.data() + out_layout.at(od, oh, 0) * L;
           auto tile = [&](auto tw, auto nb, int64_t ow, int64_t, const ColumnTaps& taps) {
             forward_tile<acc_t, acc_t, decltype(tw)::value, decltype(nb)::value>(
-                buf.data() + ow * g.SW * L, g.SW * L, wt.data(), L, bias.data(), orow + ow * L, L,
+                buf.data() + ow * g.SW * L, g.SW * L, wt, L, bias, orow + ow * L, L,
                 offsets.data(), nrows, taps);
           };
-          tile_row(g.OW, 0, g.OW, 1, L, window.all(), [&](int64_t) { return window.all(); }, tile);
+          tile_row(g.OW, first, last, 1, L, window.all(),
+                   [&](int64_t ow) { return window.of_column(ow); }, tile);
         }
       scatter_channels(out.data(), out_layout, count, g.OD, g.OH, g.OW, y + n * ys.n + c0 * ys.c,
                        ys);
@@ -1515,14 +1533,17 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
   constexpr int64_t L = lanes<acc_t>();
   const Padded p = strided_layout(g);
   const int64_t groups = (g.C + L - 1) / L, taps = g.taps(), sums = (taps + 1) * L;
-  const WindowTaps window(g, L);
+  const WindowTaps window(g, L);  // taps into the padding left out, as in the forward
+  int64_t first, last;
+  interior_columns(g, first, last);
   const std::vector<ColumnPhase> phases = column_phases(g, L);
   const Padded dy_layout{g.OD, g.OH, g.OW, 0, 0, 0}, dx_layout{g.D, g.H, g.W, 0, 0, 0};
   const Strides blocked_dy(0, 1, g.OH * g.OW * L, g.OW * L, L);
-  std::vector<acc_t> partial(dw || db ? g.N * groups * sums : 0, acc_t(0));
+  std::vector<acc_t> partial(dw || db ? g.N * groups * sums : 0, acc_t(0)), block_wt, zeros;
+  block_weights(w, static_cast<const scalar_t*>(nullptr), g, block_wt, zeros);
   at::parallel_for(0, g.N * groups, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> xbuf(dw ? p.size() * L : 0), dybuf(dy_layout.size() * L);
-    std::vector<acc_t> dxbuf(dx ? dx_layout.size() * L : 0), wt(taps * L), zeros(L, acc_t(0));
+    std::vector<acc_t> dxbuf(dx ? dx_layout.size() * L : 0);
     std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KW);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / groups, c0 = (task % groups) * L, count = std::min(L, g.C - c0);
@@ -1540,17 +1561,16 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
                   dyrow + ow * L, L, xbuf.data() + ow * g.SW * L, g.SW * L, acc, L,
                   acc + taps * L, offsets.data(), nrows, column_taps);
             };
-            tile_row(g.OW, 0, g.OW, 1, L, window.all(), [&](int64_t) { return window.all(); },
-                     tile);
+            tile_row(g.OW, first, last, 1, L, window.all(),
+                     [&](int64_t ow) { return window.of_column(ow); }, tile);
           }
       }
       if (dx) {
-        block_weights(w, static_cast<const scalar_t*>(nullptr), c0, count, g, wt.data(),
-                      static_cast<acc_t*>(nullptr));
         for (int64_t id = 0; id < g.D; ++id)
           for (int64_t ih = 0; ih < g.H; ++ih) {
             const int64_t nrows = receiving_rows(g, blocked_dy, 0, id, ih, offsets.data());
-            input_grad_row(static_cast<const acc_t*>(dybuf.data()), L, wt.data(), L, zeros.data(),
+            input_grad_row(static_cast<const acc_t*>(dybuf.data()), L,
+                           block_wt.data() + (task % groups) * taps * L, L, zeros.data(),
                            offsets.data(), nrows, phases, g, L,
                            dxbuf.data() + (id * g.H + ih) * g.W * L, L, scratch.data());
           }
