@@ -6,10 +6,10 @@
 // - channels innermost (channels_last: x.stride(1) == 1): register tiles of output columns x
 //   channel vectors take every tap; parallel over output rows (input gradient: over input rows,
 //   by column phase when strided; weight gradient: over fixed chunks of rows).
-// - otherwise (NCDHW or any strided view), multiplier 1: stride-1 float layers as whole planes
-//   (each (sample, channel) volume copied once into a padded buffer, one long loop per tap);
-//   strided layers, and bfloat16 planes up to 56x56, as channel blocks (a sample's volumes of
-//   one vector's worth of channels turned channels-innermost in cache, then the tiles above).
+// - otherwise (NCDHW or any strided view), multiplier 1: stride-1 planes above 56x56 as whole
+//   planes (each (sample, channel) volume copied once into a padded buffer, one long loop per
+//   tap); strided layers and smaller planes as channel blocks (a sample's volumes of one
+//   vector's worth of channels turned channels-innermost in cache, then the tiles above).
 //   Multiplier > 1: per (sample, channel) row, a vector over the width per tap.
 // The backward reads x and dy once for the three gradients where the order allows (planes,
 // channel blocks, row loops).
@@ -19,8 +19,10 @@
 // count it does not depend on thread timing.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <immintrin.h>
 #include <torch/extension.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstring>
@@ -1271,9 +1273,9 @@ void backward_planes(const scalar_t* dy, Strides dys, const scalar_t* x, Strides
 // ---------------------------------------------------------------------------------------------
 // width innermost, strided or small planes: channel blocks turned channels-innermost in cache.
 // One task takes L channels of one sample (a vector's lanes), copies their volumes into a
-// zero-padded buffer laid out [d][h][w][L], computes there with the channels-inner tiles (every
-// tap of every output inside the buffer, so no column is a border column), and copies the result
-// back to planes. The backward does the same with x and dy for all three gradients at once.
+// zero-padded buffer laid out [d][h][w][L], computes there with the channels-inner tiles, and
+// copies the result back to planes. The backward does the same with x and dy for all three
+// gradients at once.
 
 // The padded volume of a window sum with strides: the data at (PD, PH, PW), every tap of every
 // output inside.
