@@ -96,7 +96,7 @@ def test_property_matches_native(problem, seed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("channels", [16, 20])  # whole channel blocks, and a tail
-# rows of 13 and 37 columns (in NCHW, 37 = two whole 16-column transposes and a masked one),
+# rows of 13 and 37 columns (in NCHW, 37 = two whole 16-column transposes and a short one),
 # stride 1 and 2; 60x60 NCHW planes go through the whole-plane loops
 @pytest.mark.parametrize("stride, size", [(1, 13), (1, 37), (2, 37), (1, 60)],
                          ids=["s1-13", "s1-37", "s2-37", "s1-60"])
