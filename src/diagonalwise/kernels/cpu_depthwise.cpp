@@ -1366,36 +1366,49 @@ inline void store_floats(scalar_t* p, vec_t<float> v, int64_t count) {
 }
 #endif
 
-// Channels [0, count) of a volume (strides s) into buf laid out [p][L], zeros elsewhere. Whole
-// blocks of 16 float lanes with unit-stride rows go 16 columns at a time through transpose16.
+#ifdef DIAGONALWISE_TRANSPOSE
+// The types transpose16 serves: float lanes holding float or bfloat16 values (it takes whole
+// blocks of 16 channels with unit-stride rows).
+template <typename scalar_t, typename acc_t>
+constexpr bool kTransposable = std::is_same_v<acc_t, float> && !std::is_same_v<scalar_t, c10::Half>;
+
+// Calls chunk(i, j, k, columns, width) for the 16-column chunks of a D x H x W volume's rows, in
+// row order: `columns` (<= 16) values from column k, and `width` of them to read or write, 16
+// where those stay inside the volume (a short row's run into the volume's next rows: ignored on
+// reading, and written over later on writing, as the rows go in order), else `columns`. Masked
+// loads and stores, slow on this CPU, are thus left for where 16 would leave the volume.
+template <typename Chunk>
+inline void row_chunks(const Strides& s, int64_t D, int64_t H, int64_t W, const Chunk& chunk) {
+  const bool dense = s.h == W && s.d == H * W;
+  for (int64_t i = 0; i < D; ++i)
+    for (int64_t j = 0; j < H; ++j)
+      for (int64_t k = 0; k < W; k += 16) {
+        const int64_t columns = std::min<int64_t>(16, W - k);
+        const bool inside = dense && (i * H + j) * W + k + 16 <= D * H * W;
+        chunk(i, j, k, columns, columns == 16 || inside ? int64_t(16) : columns);
+      }
+}
+#endif
+
+// Channels [0, count) of a volume (strides s) into buf laid out [p][L], zeros elsewhere, through
+// transpose16 where transposable.
 template <typename scalar_t, typename acc_t>
 void gather_channels(const scalar_t* v, const Strides& s, int64_t count, int64_t D, int64_t H,
                      int64_t W, const Padded& p, acc_t* buf) {
   constexpr int64_t L = lanes<acc_t>();
   std::fill(buf, buf + p.size() * L, acc_t(0));
-  int64_t vector_columns = 0;
 #ifdef DIAGONALWISE_TRANSPOSE
-  if constexpr (std::is_same_v<acc_t, float> && !std::is_same_v<scalar_t, c10::Half>) {
+  if constexpr (kTransposable<scalar_t, acc_t>) {
     if (count == L && s.w == 1) {
-      vector_columns = W;
-      vec_t<float> r[16];
-      const bool dense = s.h == W && s.d == H * W;
-      for (int64_t i = 0; i < D; ++i)
-        for (int64_t j = 0; j < H; ++j) {
-          const scalar_t* row = v + i * s.d + j * s.h;
-          acc_t* out = buf + p.at(i + p.lo_d, j + p.lo_h, p.lo_w) * L;
-          for (int64_t k = 0; k < W; k += 16) {
-            const int64_t columns = std::min<int64_t>(16, W - k);
-            // a short row's 16 loads may run into the volume's next rows (ignored); masked
-            // loads, slow on this CPU, only where they would leave the volume
-            const int64_t loaded = columns == 16 || (dense && (i * H + j) * W + k + 16 <= D * H * W)
-                                       ? 16
-                                       : columns;
-            for (int64_t c = 0; c < 16; ++c) r[c] = load_floats(row + c * s.c + k, loaded);
-            transpose16(r);
-            for (int64_t q = 0; q < columns; ++q) vstore(out + (k + q) * L, r[q]);
-          }
-        }
+      row_chunks(s, D, H, W, [&](int64_t i, int64_t j, int64_t k, int64_t columns, int64_t width) {
+        vec_t<float> r[16];
+        const scalar_t* row = v + i * s.d + j * s.h + k;
+        for (int64_t c = 0; c < 16; ++c) r[c] = load_floats(row + c * s.c, width);
+        transpose16(r);
+        acc_t* out = buf + (p.at(i + p.lo_d, j + p.lo_h, p.lo_w) + k) * L;
+        for (int64_t q = 0; q < columns; ++q) vstore(out + q * L, r[q]);
+      });
+      return;
     }
   }
 #endif
@@ -1404,7 +1417,7 @@ void gather_channels(const scalar_t* v, const Strides& s, int64_t count, int64_t
       for (int64_t j = 0; j < H; ++j) {
         const scalar_t* row = v + c * s.c + i * s.d + j * s.h;
         acc_t* out = buf + p.at(i + p.lo_d, j + p.lo_h, p.lo_w) * L + c;
-        for (int64_t k = vector_columns; k < W; ++k) out[k * L] = static_cast<acc_t>(row[k * s.w]);
+        for (int64_t k = 0; k < W; ++k) out[k * L] = static_cast<acc_t>(row[k * s.w]);
       }
 }
 
@@ -1414,30 +1427,18 @@ template <typename scalar_t, typename acc_t>
 void scatter_channels(const acc_t* buf, const Padded& layout, int64_t count, int64_t D, int64_t H,
                       int64_t W, scalar_t* v, const Strides& s) {
   constexpr int64_t L = lanes<acc_t>();
-  int64_t vector_columns = 0;
 #ifdef DIAGONALWISE_TRANSPOSE
-  if constexpr (std::is_same_v<acc_t, float> && !std::is_same_v<scalar_t, c10::Half>) {
+  if constexpr (kTransposable<scalar_t, acc_t>) {
     if (count == L && s.w == 1) {
-      vector_columns = W;
-      vec_t<float> r[16];
-      const bool dense = s.h == W && s.d == H * W;
-      for (int64_t i = 0; i < D; ++i)
-        for (int64_t j = 0; j < H; ++j) {
-          scalar_t* row = v + i * s.d + j * s.h;
-          const acc_t* in = buf + layout.at(i, j, 0) * L;
-          for (int64_t k = 0; k < W; k += 16) {
-            const int64_t columns = std::min<int64_t>(16, W - k);
-            for (int64_t q = 0; q < 16; ++q) r[q] = q < columns ? vload(in + (k + q) * L) : vec_t<float>{};
-            transpose16(r);
-            // a short row's 16 stores may run into the volume's next rows, which are stored
-            // after it (rows in order, each channel's volume its own); masked stores only where
-            // they would leave the volume
-            const int64_t stored = columns == 16 || (dense && (i * H + j) * W + k + 16 <= D * H * W)
-                                       ? 16
-                                       : columns;
-            for (int64_t c = 0; c < 16; ++c) store_floats(row + c * s.c + k, r[c], stored);
-          }
-        }
+      row_chunks(s, D, H, W, [&](int64_t i, int64_t j, int64_t k, int64_t columns, int64_t width) {
+        vec_t<float> r[16];
+        const acc_t* in = buf + (layout.at(i, j, 0) + k) * L;
+        for (int64_t q = 0; q < 16; ++q) r[q] = q < columns ? vload(in + q * L) : vec_t<float>{};
+        transpose16(r);
+        scalar_t* row = v + i * s.d + j * s.h + k;
+        for (int64_t c = 0; c < 16; ++c) store_floats(row + c * s.c, r[c], width);
+      });
+      return;
     }
   }
 #endif
@@ -1446,7 +1447,7 @@ void scatter_channels(const acc_t* buf, const Padded& layout, int64_t count, int
       for (int64_t j = 0; j < H; ++j) {
         scalar_t* row = v + c * s.c + i * s.d + j * s.h;
         const acc_t* in = buf + layout.at(i, j, 0) * L + c;
-        for (int64_t k = vector_columns; k < W; ++k) row[k * s.w] = from_acc<scalar_t>(in[k * L]);
+        for (int64_t k = 0; k < W; ++k) row[k * s.w] = from_acc<scalar_t>(in[k * L]);
       }
 }
 
