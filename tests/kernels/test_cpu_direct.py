@@ -31,10 +31,12 @@ DEPTHWISE_CASES = [case for case in CASES if case[2] == 1] + [
     (2, 3, 1, 2, (13, 1), (1, 2), (6, 0), 1, (17, 7)),
     (2, 5, 1, 1, (7, 7), 2, 3, 1, (13, 13)),
     (3, 3, 1, 3, (3, 3, 3), 2, "valid", 1, (7, 7, 7)),
-    # NCHW planes above 56x56 (the whole-plane loops; smaller ones go through channel blocks)
+    # NCHW with a channel multiplier at stride 1 (the whole-plane loops), and multiplier 1 above
+    # 56x56 (channel blocks with whole and short 16-column transposes)
+    (2, 3, 1, 2, (3, 3), 1, 1, 1, (57, 61)),
+    (2, 2, 1, 3, (5, 3), 1, (1, 2), (2, 1), (60, 58)),
+    (3, 2, 1, 2, (3, 3, 3), 1, 1, 1, (3, 40, 30)),
     (2, 3, 1, 1, (3, 3), 1, 1, 1, (57, 61)),
-    (2, 2, 1, 1, (5, 3), 1, (1, 2), (2, 1), (60, 58)),
-    (3, 2, 1, 1, (3, 3, 3), 1, 1, 1, (3, 40, 30)),
 ]
 
 
@@ -97,13 +99,15 @@ def test_property_matches_native(problem, seed):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("channels", [16, 20])  # whole channel blocks, and a tail
 # rows of 13 and 37 columns (in NCHW, 37 = two whole 16-column transposes and a short one),
-# stride 1 and 2; 60x60 NCHW planes go through the whole-plane loops
-@pytest.mark.parametrize("stride, size", [(1, 13), (1, 37), (2, 37), (1, 60)],
-                         ids=["s1-13", "s1-37", "s2-37", "s1-60"])
-def test_lower_precisions_match_native(dtype, layout, channels, stride, size):
+# stride 1 and 2; with a channel multiplier, NCHW stride-1 layers take the whole-plane loops
+@pytest.mark.parametrize("stride, size, multiplier", [(1, 13, 1), (1, 37, 1), (2, 37, 1),
+                                                      (1, 60, 1), (1, 20, 2)],
+                         ids=["s1-13", "s1-37", "s2-37", "s1-60", "s1-20-m2"])
+def test_lower_precisions_match_native(dtype, layout, channels, stride, size, multiplier):
     """float32 against native float32; bfloat16 and float16 (accumulated in float32) against
     native in float32 of the same rounded operands, within one rounding of the output type."""
-    operands = make_operands(2, 2, channels, 1, 1, (3, 3), (size, size), True, layout, dtype=dtype)
+    operands = make_operands(2, 2, channels, 1, multiplier, (3, 3), (size, size), True, layout,
+                             dtype=dtype)
     if dtype == torch.float32:
         assert_matches_native(2, *operands, stride, 1, 1, channels, dtype=dtype,
                               algorithm="cpu_direct")
@@ -256,16 +260,16 @@ def test_bfloat16_keeps_nan_and_inf_where_native_puts_them(layout):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("size", [9, 60])  # NCHW: channel blocks up to 56x56, whole planes above
-def test_inf_in_the_input_reaches_only_the_weight_gradients_native_puts_it_in(layout, size):
+@pytest.mark.parametrize("multiplier", [1, 2])  # NCHW: channel blocks, or whole planes
+def test_inf_in_the_input_reaches_only_the_weight_gradients_native_puts_it_in(layout, multiplier):
     """x's last column is never read by the left taps: their gradient stays finite, though the
     whole-plane loops compute positions past each row's end (where dy is zero) from it."""
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x = torch.randn(2, 4, size, size, dtype=torch.float64)
-    x[1, 2, 5, size - 1] = float("inf")
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    x[1, 2, 5, 8] = float("inf")
     x = x.contiguous(memory_format=fmt).requires_grad_()
-    weight = torch.randn(4, 1, 3, 3, dtype=torch.float64, requires_grad=True)
-    dy = torch.randn(2, 4, size, size, dtype=torch.float64)
+    weight = torch.randn(4 * multiplier, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(2, 4 * multiplier, 9, 9, dtype=torch.float64)
     grads = []
     for algorithm in ("cpu_direct", None):
         out = dw.conv2d(x, weight, None, 1, 1, 1, 4, algorithm=algorithm) if algorithm else \
@@ -273,4 +277,5 @@ def test_inf_in_the_input_reaches_only_the_weight_gradients_native_puts_it_in(la
         grads.append(torch.autograd.grad(out, weight, dy)[0])
     ours, native = grads
     assert torch.equal(ours.isfinite(), native.isfinite())
-    assert native[2, 0, :, 0].isfinite().all() and not native[2].isfinite().all()
+    channel = 2 * multiplier  # the first output channel of input channel 2
+    assert native[channel, 0, :, 0].isfinite().all() and not native[channel].isfinite().all()

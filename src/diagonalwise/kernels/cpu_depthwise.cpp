@@ -1134,7 +1134,7 @@ void store_rows(const acc_t* acc, const Padded& p, int64_t D, int64_t H, int64_t
     }
 }
 
-bool planes_apply(const Geometry& g) { return g.SD == 1 && g.SH == 1 && g.SW == 1 && false; }
+bool planes_apply(const Geometry& g) { return g.SD == 1 && g.SH == 1 && g.SW == 1; }
 
 // The input gradient's padding, (K - 1) * D - P per dimension, must not be negative.
 bool planes_apply_backward(const Geometry& g) {
@@ -1596,12 +1596,11 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
 // ---------------------------------------------------------------------------------------------
 // entry points
 
-// Width-innermost layers go through channel blocks when strided or up to 56x56 (MobileNet V1,
-// float32: 1.3x-1.9x faster than whole planes or v1's row loops there); larger stride-1 planes
-// keep the whole-plane loops, faster on 112x112 (v7 in benchmarks/cpu_direct_notes.md).
-bool use_blocked(const Geometry& g) {
-  return g.M == 1 && (!planes_apply(g) || g.D * g.H * g.W <= 56 * 56);
-}
+// Width-innermost layers with multiplier 1 go through channel blocks (MobileNet V1, float32:
+// 1.3x-1.9x faster than whole planes or v1's row loops up to 56x56, as fast on 112x112); with a
+// multiplier, stride-1 layers take whole planes, 3x faster than the row loops (v7 and v8 in
+// benchmarks/cpu_direct_notes.md).
+bool use_blocked(const Geometry& g) { return g.M == 1; }
 
 at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
