@@ -1,10 +1,12 @@
-"""Shared checks and builders: an algorithm against F.convNd in value and in every gradient, the
-operands of a convolution problem in every layout, a grid of cases and a random search."""
+"""Shared checks and builders: an algorithm against F.convNd in value, in every gradient and under
+torch.func, the operands of a convolution problem in every layout, a grid of cases and a random search."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from hypothesis import strategies as st
+from torch import func
 
 import diagonalwise as dw
 from diagonalwise.blocking import valid_block_sizes
@@ -140,3 +142,45 @@ def conv_problems(draw, depthwise: bool = False):
     block_size = draw(st.sampled_from(valid_block_sizes(groups) + [None]))
     return dims, batch, groups, in_pg, out_pg, kernel, sizes, bias, layout, stride, padding, \
         dilation, block_size
+
+
+def assert_func_transforms_match_native(algorithm: str, layout: str, multiplier: int,
+                                        dims: int = 2) -> None:
+    """``torch.func`` over a depthwise conv through ``algorithm`` against native ``F.convNd``
+    (float64): grad, vmap with the inputs or the weights batched, per-sample gradients
+    (vmap of grad), jacrev, jvp and jacfwd."""
+    channels, kernel, sizes = 3, (3,) * dims, (5, 6, 7)[-dims:]
+    x, weight, bias = make_operands(dims, 2, channels, 1, multiplier, kernel, sizes, True, layout)
+    native_conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+    ours_conv = (dw.conv1d, dw.conv2d, dw.conv3d)[dims - 1]
+    probe = torch.randn(native_conv(x, weight, bias, 2, 1, 1, channels).shape,
+                        generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+
+    def native(x, weight, bias):
+        return native_conv(x, weight, bias, 2, 1, 1, channels)
+
+    def ours(x, weight, bias):
+        return ours_conv(x, weight, bias, 2, 1, 1, channels, algorithm=algorithm)
+
+    def loss(conv):
+        return lambda x, weight, bias: (conv(x, weight, bias) * probe[: x.shape[0]]).sum()
+
+    stacked = torch.stack([x, x.flip(0)])
+    transforms = {
+        "grad": lambda conv: func.grad(loss(conv), argnums=(0, 1, 2))(x, weight, bias),
+        "vmap over inputs": lambda conv: func.vmap(conv, in_dims=(0, None, None))(
+            stacked, weight, bias),
+        "vmap over weights": lambda conv: func.vmap(conv, in_dims=(None, 0, 0))(
+            x, torch.stack([weight, 2 * weight]), torch.stack([bias, -bias])),
+        "per-sample grads": lambda conv: func.vmap(
+            func.grad(loss(conv), argnums=(1, 2)), in_dims=(0, None, None))(
+            x.unsqueeze(1), weight, bias),
+        "jacrev": lambda conv: func.jacrev(conv, argnums=1)(x, weight, bias),
+        "jvp": lambda conv: func.jvp(conv, (x, weight, bias), (x.cos(), weight.sin(),
+                                                               bias.exp())),
+        "jacfwd": lambda conv: func.jacfwd(conv, argnums=(0, 2))(x[:1], weight, bias),
+    }
+    for name, transform in transforms.items():
+        torch.testing.assert_close(transform(ours), transform(native),
+                                   msg=lambda message, name=name: f"{name}: {message}",
+                                   **TOLERANCES[torch.float64])

@@ -17,6 +17,7 @@ from tests.equivalence import (
     CASES,
     LAYOUTS,
     TOLERANCES,
+    assert_func_transforms_match_native,
     assert_matches_native,
     conv_problems,
     make_operands,
@@ -171,7 +172,7 @@ def test_compile_fullgraph_and_checkpointing():
     torch.testing.assert_close(x.grad, reference.grad, **TOLERANCES[torch.float64])
 
 
-def test_gradcheck_and_a_clear_error_for_double_backward():
+def test_gradcheck_and_gradgradcheck():
     x = torch.randn(1, 3, 6, 6, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(6, 1, 3, 3, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
@@ -180,9 +181,7 @@ def test_gradcheck_and_a_clear_error_for_double_backward():
         return dw.conv2d(x, weight, bias, 2, 1, 1, 3, algorithm="cpu_direct")
 
     assert torch.autograd.gradcheck(conv, (x, weight, bias))
-    grad_x, = torch.autograd.grad(conv(x, weight, bias).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="autograd"):
-        grad_x.sum().backward()
+    assert torch.autograd.gradgradcheck(conv, (x, weight, bias))
 
 
 def test_tuner_candidate_for_depthwise_cpu_calls_only():
@@ -279,3 +278,38 @@ def test_inf_in_the_input_reaches_only_the_weight_gradients_native_puts_it_in(la
     assert torch.equal(ours.isfinite(), native.isfinite())
     channel = 2 * multiplier  # the first output channel of input channel 2
     assert native[channel, 0, :, 0].isfinite().all() and not native[channel].isfinite().all()
+
+
+@pytest.mark.parametrize("dims, layout, multiplier", [
+    (2, "contiguous", 1), (2, "channels_last", 1), (2, "contiguous", 2), (1, "contiguous", 1),
+    (3, "channels_last", 2)])
+def test_torch_func_transforms_match_native(dims, layout, multiplier):
+    assert_func_transforms_match_native("cpu_direct", layout, multiplier, dims)
+
+
+def test_second_derivatives_match_native():
+    """Differentiated gradients (a gradient penalty, a Hessian) come from native's formulas;
+    they must not be silently constant, as a backward kernel without derivatives would make them."""
+    x, weight, bias = make_operands(2, 2, 3, 1, 2, (3, 3), (5, 6), True, "channels_last")
+
+    def penalty(conv, x, weight, bias):
+        x = x.detach().requires_grad_()
+        grad_x, = torch.autograd.grad(conv(x, weight, bias).square().sum(), x, create_graph=True)
+        return grad_x.square().sum()
+
+    def ours(x, weight, bias):
+        return dw.conv2d(x, weight, bias, 2, 1, 1, 3, algorithm="cpu_direct")
+
+    def native(x, weight, bias):
+        return torch.nn.functional.conv2d(x, weight, bias, 2, 1, 1, 3)
+
+    for conv in (ours, native):
+        weight.grad = None
+        penalty(conv, x, weight.requires_grad_(), bias).backward()
+        if conv is ours:
+            ours_grad = weight.grad
+    assert ours_grad.abs().max() > 0
+    torch.testing.assert_close(ours_grad, weight.grad, **TOLERANCES[torch.float64])
+    hessians = [torch.func.hessian(lambda w, conv=conv: conv(x, w, bias).square().sum())(
+        weight.detach()) for conv in (ours, native)]
+    torch.testing.assert_close(*hessians, **TOLERANCES[torch.float64])

@@ -19,6 +19,7 @@ import torch.nn.functional as F  # noqa: E402
 import diagonalwise as dw  # noqa: E402
 from diagonalwise import tuning  # noqa: E402
 from diagonalwise.call import ConvCall  # noqa: E402
+from tests.equivalence import assert_func_transforms_match_native  # noqa: E402
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 
@@ -160,3 +161,8 @@ def test_tuner_offers_and_gates_triton():
 def test_non_depthwise_is_refused_clearly():
     with pytest.raises(ValueError, match="computes depthwise convolutions"):
         dw.conv2d(torch.randn(1, 4, 5, 5), torch.randn(4, 2, 3, 3), groups=2, algorithm="triton")
+
+
+@pytest.mark.parametrize("layout, multiplier", [("contiguous", 1), ("channels_last", 2)])
+def test_torch_func_transforms_match_native(layout, multiplier):
+    assert_func_transforms_match_native("triton", layout, multiplier)

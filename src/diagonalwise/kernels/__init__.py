@@ -2,9 +2,12 @@
 
 - :mod:`.triton_depthwise`: Triton kernels for depthwise 1D/2D/3D convolution (forward, input and
   weight gradients); imported only when they run.
-- :mod:`.triton_ops`: those kernels as ``torch.library`` custom ops with autograd.
+- :mod:`.triton_ops`: those kernels as ``torch.library`` custom ops.
+- :mod:`.cpu_ops`: the C++ CPU kernels (``cpu_depthwise.cpp``, built on first use) as custom ops.
+- :mod:`.depthwise_function`: either family's ops made differentiable (autograd, forward mode,
+  ``torch.func``); :mod:`.lifting`: 1D/2D calls run through the 3D ops.
 
-:mod:`diagonalwise.algorithms` wraps them as the ``"triton"`` algorithm.
+:mod:`diagonalwise.algorithms` wraps them as the ``"triton"`` and ``"cpu_direct"`` algorithms.
 """
 
 import hashlib

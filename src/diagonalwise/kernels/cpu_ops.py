@@ -3,9 +3,9 @@
 Equivalence contract: ``cpu_depthwise_conv(x, w, b, stride, padding, dilation)`` equals
 ``F.conv1d/2d/3d`` for depthwise convolutions (``groups == in_channels``, weight
 ``(C * M, 1, *kernel)``), in value and in the input, weight and bias gradients, accumulating in
-float32 (float64 for float64). The custom ops keep ``torch.compile`` free of graph breaks and have
-fake kernels for tracing. The output has the input's layout (NCDHW or channels_last), and no
-input is copied in either layout.
+float32 (float64 for float64), and in every derivative :mod:`.depthwise_function` gives. The
+custom ops keep ``torch.compile`` free of graph breaks and have fake kernels for tracing. The
+output has the input's layout (NCDHW or channels_last), and no input is copied in either layout.
 
 The C++ source is compiled on first use with the installed torch's headers, for this machine's
 CPU (``-O3 -march=native``, OpenMP for ``at::parallel_for``), into a persistent directory:
@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ..layout import memory_format_like
+from .depthwise_function import differentiable
 from .lifting import depthwise_via_3d
 
 SOURCE = Path(__file__).with_name("cpu_depthwise.cpp")
@@ -123,23 +124,7 @@ def _(grad_output, x, weight, stride, padding, dilation, input_grad, weight_grad
             x.new_empty(weight.shape[0]) if bias_grad else x.new_empty(0))
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, stride, padding, dilation, _ = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.geometry = (stride, padding, dilation)
-    ctx.has_bias = bias is not None
-
-
-def _backward(ctx, grad_output):
-    x, weight = ctx.saved_tensors
-    needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-    dx, dw, db = _depthwise3d_backward(grad_output, x, weight, *ctx.geometry, needs_input,
-                                       needs_weight, ctx.has_bias and needs_bias)
-    return (dx if needs_input else None, dw if needs_weight else None,
-            db if ctx.has_bias and needs_bias else None, None, None, None, None)
-
-
-_depthwise3d.register_autograd(_backward, setup_context=_setup_context)
+_depthwise = differentiable(_depthwise3d, _depthwise3d_backward)
 
 
 def cpu_depthwise_conv(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -147,4 +132,4 @@ def cpu_depthwise_conv(input: torch.Tensor, weight: torch.Tensor, bias: torch.Te
                        dilation: tuple[int, ...]) -> torch.Tensor:
     """A depthwise 1D/2D/3D convolution (batched or not) on CPU tensors through the custom ops;
     follows autocast. The caller checks that the convolution is depthwise."""
-    return depthwise_via_3d(_depthwise3d, input, weight, bias, stride, padding, dilation)
+    return depthwise_via_3d(_depthwise, input, weight, bias, stride, padding, dilation)

@@ -1,4 +1,5 @@
-"""The Triton depthwise kernels as ``torch.library`` custom ops with autograd.
+"""The Triton depthwise kernels as ``torch.library`` custom ops with autograd (and the rest of
+:mod:`.depthwise_function`).
 
 Equivalence contract: ``triton_depthwise_conv(x, w, b, stride, padding, dilation)`` equals
 ``F.conv1d/2d/3d`` for depthwise convolutions (``groups == in_channels``, weight
@@ -17,6 +18,7 @@ import os
 import torch
 
 from ..layout import memory_format_like
+from .depthwise_function import differentiable
 from .lifting import depthwise_via_3d
 
 
@@ -50,39 +52,28 @@ def _(x, weight, bias, stride, padding, dilation, output_size):
 @torch.library.custom_op("diagonalwise::triton_depthwise3d_backward", mutates_args=())
 def _depthwise3d_backward(grad_output: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                           stride: list[int], padding: list[int], dilation: list[int],
-                          input_grad: bool, weight_grad: bool
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+                          input_grad: bool, weight_grad: bool, bias_grad: bool
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from . import triton_depthwise
 
     grad_output = grad_output.contiguous(memory_format=memory_format_like(x))
+    # the gradients not asked for are empty (and distinct: custom op outputs may not alias)
     dx = (triton_depthwise.input_grad(grad_output, x, weight, stride, padding, dilation)
-          if input_grad else torch.zeros_like(x))
+          if input_grad else x.new_empty(0))
     dw = (triton_depthwise.weight_grad(grad_output, x, weight, stride, padding, dilation)
-          if weight_grad else torch.zeros_like(weight))
-    return dx, dw
+          if weight_grad else x.new_empty(0))
+    db = grad_output.sum((0, 2, 3, 4)) if bias_grad else x.new_empty(0)
+    return dx, dw, db
 
 
 @_depthwise3d_backward.register_fake
-def _(grad_output, x, weight, stride, padding, dilation, input_grad, weight_grad):
-    return torch.empty_like(x), torch.empty_like(weight)
+def _(grad_output, x, weight, stride, padding, dilation, input_grad, weight_grad, bias_grad):
+    return (torch.empty_like(x) if input_grad else x.new_empty(0),
+            torch.empty_like(weight) if weight_grad else x.new_empty(0),
+            x.new_empty(weight.shape[0]) if bias_grad else x.new_empty(0))
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, stride, padding, dilation, _ = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.geometry = (stride, padding, dilation)
-    ctx.has_bias = bias is not None
-
-
-def _backward(ctx, grad_output):
-    x, weight = ctx.saved_tensors
-    dx, dw = _depthwise3d_backward(grad_output, x, weight, *ctx.geometry,
-                                   ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-    db = grad_output.sum((0, 2, 3, 4)) if ctx.has_bias and ctx.needs_input_grad[2] else None
-    return dx, dw, db, None, None, None, None
-
-
-_depthwise3d.register_autograd(_backward, setup_context=_setup_context)
+_depthwise = differentiable(_depthwise3d, _depthwise3d_backward)
 
 
 def triton_depthwise_conv(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -90,4 +81,4 @@ def triton_depthwise_conv(input: torch.Tensor, weight: torch.Tensor, bias: torch
                           dilation: tuple[int, ...]) -> torch.Tensor:
     """A depthwise 1D/2D/3D convolution (batched or not) through the custom ops; follows autocast.
     The caller checks that the convolution is depthwise and that :func:`triton_usable` holds."""
-    return depthwise_via_3d(_depthwise3d, input, weight, bias, stride, padding, dilation)
+    return depthwise_via_3d(_depthwise, input, weight, bias, stride, padding, dilation)
