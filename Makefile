@@ -20,11 +20,13 @@ $(INSTALLED): pyproject.toml
 
 # Our C++ CPU kernels, compiled for this machine into ~/.cache/diagonalwise/build (about a
 # minute the first time; nothing when built already). Where no compiler is available the
-# 'cpu_direct' algorithm reports itself unavailable and everything else works.
+# 'cpu_direct' algorithm reports itself unavailable and everything else works; a failed build
+# where a compiler is present stops here (else its tests would only be skipped).
 cpu-kernels: $(INSTALLED)
-	@$(PY) -c "import time; from diagonalwise.kernels.cpu_ops import cpu_kernels_unavailable as u, \
-	build_directory as d; t = time.time(); r = u(); \
-	print(f'cpu_direct kernels: {r}' if r else f'cpu_direct kernels ready in {d()} ({time.time() - t:.0f} s)')"
+	@$(PY) -c "import shutil, sys, time; from diagonalwise.kernels.cpu_ops import \
+	cpu_kernels_unavailable as u, build_directory as d; t = time.time(); r = u(); \
+	print(f'cpu_direct kernels: {r}' if r else f'cpu_direct kernels ready in {d()} ({time.time() - t:.0f} s)'); \
+	sys.exit(1 if r and shutil.which('c++') else 0)"
 
 .venv-jax/.installed: pyproject.toml
 	test -x .venv-jax/bin/python || $(PYTHON) -m venv .venv-jax

@@ -75,13 +75,17 @@ def test_unbatched_input(dims, poisoned_outputs):
     ((7, 7), 1, 3, 1, (4, 4)),
     ((5, 3), (1, 2), (2, 4), (1, 3), (6, 19)),
     ((1, 4), 1, "same", 2, (3, 14)),
+    # whole windows of 5 and 7 taps (forward_tile_window, weight_grad_tile_window)
+    ((5, 5), 1, 2, 1, (6, 21)),
+    ((7, 7), 1, 3, 1, (9, 30)),
 ], ids=lambda g: f"k{'x'.join(map(str, g[0]))}-w{g[4][1]}")
-def test_channels_inner_tiles_match_native_float64(geometry, poisoned_outputs):
-    """75 channels in channels_last: 9 whole float64 vectors (a group of 8 and a single one
-    in the narrow column tiles) and a tail of 3, through every tile shape of the channels-inner
-    forward, input and weight gradients."""
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_channels_inner_tiles_match_native_float64(geometry, layout, poisoned_outputs):
+    """75 channels: in channels_last 9 whole float64 vectors (a group of 8 and a single one in
+    the narrow column tiles) and a tail of 3, through every tile shape of the channels-inner
+    forward, input and weight gradients; in NCHW the same tiles on channel blocks."""
     kernel, stride, padding, dilation, sizes = geometry
-    operands = make_operands(2, 2, 75, 1, 1, kernel, sizes, True, "channels_last")
+    operands = make_operands(2, 2, 75, 1, 1, kernel, sizes, True, layout)
     assert_matches_native(2, *operands, stride, padding, dilation, 75, algorithm="cpu_direct")
 
 

@@ -142,6 +142,11 @@ struct ColumnTaps {
   const int64_t* offset;
   const int64_t* tap;
   int64_t count;
+  // nonzero: the taps are 0 .. window - 1 on consecutive columns, one column step apart (stride
+  // 1, no dilation), so an input vector serves every tap that reads it (forward_tile_window);
+  // flipped: tap kw on the window's column window - 1 - kw (the stride-1 input gradient)
+  int64_t window = 0;
+  bool flipped = false;
 };
 
 // The forward's column taps (offsets kw * DW * column stride, from input column ow * SW - PW):
@@ -154,7 +159,9 @@ class WindowTaps {
       tap_[kw] = kw;
     }
   }
-  ColumnTaps all() const { return {offset_.data(), tap_.data(), g_.KW}; }
+  ColumnTaps all() const {
+    return {offset_.data(), tap_.data(), g_.KW, g_.SW == 1 && g_.DW == 1 ? g_.KW : 0};
+  }
   // the taps kw in [lo, hi) that keep output column ow inside the input row
   ColumnTaps of_column(int64_t ow) const {
     const int64_t start = ow * g_.SW - g_.PW;  // input column of tap 0
@@ -341,6 +348,39 @@ inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t block
   for (; block < blocks; ++block) group(constant<1>{}, block * lanes);
 }
 
+// forward_tile for a whole window of KW taps on consecutive columns: input column c of a row
+// feeds output columns c - kw, so each input vector is loaded once per row for all its taps
+// (forward_tile loads it once per tap: KW loads where one does, and this CPU loads one 64-byte
+// vector per cycle, as many as it multiplies). The sums run in forward_tile's order.
+template <typename out_t, typename acc_t, int64_t TW, int64_t NB, int64_t KW>
+inline void forward_tile_window(const acc_t* x, int64_t column_step, const acc_t* wt,
+                                int64_t wt_step, const acc_t* bias, out_t* y, int64_t ysw,
+                                const int64_t* row_offsets, int64_t nrows, bool flipped) {
+  constexpr int64_t L = lanes<acc_t>();
+  for (int64_t j = 0; j < NB; ++j) {
+    vec_t<acc_t> acc[TW];
+    const vec_t<acc_t> b = vload(bias + j * L);
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < TW; ++i) acc[i] = b;
+    for (int64_t r = 0; r < nrows; ++r) {
+      const acc_t* xrow = x + row_offsets[2 * r] + j * L;
+      const acc_t* wrow = wt + row_offsets[2 * r + 1] * wt_step + j * L;
+      vec_t<acc_t> wv[KW];
+#pragma GCC unroll 8
+      for (int64_t k = 0; k < KW; ++k) wv[k] = vload(wrow + (flipped ? KW - 1 - k : k) * wt_step);
+#pragma GCC unroll 32
+      for (int64_t c = 0; c < TW + KW - 1; ++c) {
+        const vec_t<acc_t> xv = vload(xrow + c * column_step);
+#pragma GCC unroll 8
+        for (int64_t k = 0; k < KW; ++k)
+          if (c - k >= 0 && c - k < TW) acc[c - k] += xv * wv[k];
+      }
+    }
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < TW; ++i) store_vector<out_t, acc_t>(y + i * ysw + j * L, acc[i]);
+  }
+}
+
 // TW consecutive output columns x NB vectors of channels: the column taps of the input rows in
 // row_offsets (pairs: the row's offset, its first tap's index), with x, wt, bias and y already
 // at the tile's first channel and x at the first column's base. The accumulators stay in
@@ -349,6 +389,22 @@ template <typename out_t, typename acc_t, int64_t TW, int64_t NB>
 inline void forward_tile(const acc_t* x, int64_t column_step, const acc_t* wt, int64_t wt_step,
                          const acc_t* bias, out_t* y, int64_t ysw, const int64_t* row_offsets,
                          int64_t nrows, const ColumnTaps& taps) {
+  if constexpr (TW >= 4) {
+    // the window's first column: tap 0's, or the last tap's when flipped (taps without a window
+    // may be none)
+    const acc_t* xw = taps.window ? x + taps.offset[taps.flipped ? taps.count - 1 : 0] : x;
+    switch (taps.window) {
+      case 3:
+        return forward_tile_window<out_t, acc_t, TW, NB, 3>(xw, column_step, wt, wt_step, bias, y,
+                                                            ysw, row_offsets, nrows, taps.flipped);
+      case 5:
+        return forward_tile_window<out_t, acc_t, TW, NB, 5>(xw, column_step, wt, wt_step, bias, y,
+                                                            ysw, row_offsets, nrows, taps.flipped);
+      case 7:
+        return forward_tile_window<out_t, acc_t, TW, NB, 7>(xw, column_step, wt, wt_step, bias, y,
+                                                            ysw, row_offsets, nrows, taps.flipped);
+    }
+  }
   constexpr int64_t L = lanes<acc_t>();
   vec_t<acc_t> acc[TW][NB];
   for (int64_t j = 0; j < NB; ++j) {
@@ -623,8 +679,11 @@ void input_grad_row(const acc_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_s
   const int64_t blocks = channels / L;
   for (int64_t p = 0; p < g.SW; ++p) {
     const ColumnPhase& phase = phases[p];
-    const ColumnTaps interior{phase.offset.data(), phase.tap.data(),
-                              static_cast<int64_t>(phase.tap.size())};
+    // at stride 1 without dilation every tap reads consecutive dy columns: a flipped window
+    const int64_t count = static_cast<int64_t>(phase.tap.size());
+    const bool window = g.SW == 1 && g.DW == 1 && count == g.KW;
+    const ColumnTaps interior{phase.offset.data(), phase.tap.data(), count, window ? count : 0,
+                              window};
     auto border = [&](int64_t j) {  // the taps whose dy column j + base exists
       int64_t count = 0;
       for (size_t t = 0; t < phase.tap.size(); ++t)
@@ -692,6 +751,40 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
   });
 }
 
+// weight_grad_tile for a whole window of KW taps on consecutive columns: input column c of a row
+// meets the output gradients of columns c - kw, so each input vector is loaded once per row for
+// all its taps, and the KW tap sums are independent chains (weight_grad_tile's one sum per tap is
+// a chain of TW dependent multiply-adds). The sums run in weight_grad_tile's order.
+template <typename acc_t, int64_t TW, int64_t NB, int64_t KW>
+inline void weight_grad_tile_window(const acc_t* dy, int64_t dysw, const acc_t* x,
+                                    int64_t column_step, acc_t* acc, int64_t acc_step,
+                                    acc_t* bias_acc, const int64_t* row_offsets, int64_t nrows) {
+  constexpr int64_t L = lanes<acc_t>();
+  for (int64_t j = 0; j < NB; ++j) {
+    vec_t<acc_t> d[TW], bias_sum{};
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < TW; ++i) {
+      d[i] = vload(dy + i * dysw + j * L);
+      bias_sum += d[i];
+    }
+    vstore(bias_acc + j * L, vload(bias_acc + j * L) + bias_sum);
+    for (int64_t r = 0; r < nrows; ++r) {
+      const acc_t* xrow = x + row_offsets[2 * r] + j * L;
+      acc_t* arow = acc + row_offsets[2 * r + 1] * acc_step + j * L;
+      vec_t<acc_t> sum[KW] = {};
+#pragma GCC unroll 32
+      for (int64_t c = 0; c < TW + KW - 1; ++c) {
+        const vec_t<acc_t> xv = vload(xrow + c * column_step);
+#pragma GCC unroll 8
+        for (int64_t k = 0; k < KW; ++k)
+          if (c - k >= 0 && c - k < TW) sum[k] += d[c - k] * xv;
+      }
+#pragma GCC unroll 8
+      for (int64_t k = 0; k < KW; ++k) vstore(arow + k * acc_step, vload(arow + k * acc_step) + sum[k]);
+    }
+  }
+}
+
 // TW output columns x NB channel vectors of the weight and bias gradients: the tile's output
 // gradients stay in registers while, per column tap of each input row, the TW input vectors are
 // multiplied into them and the tap's sum is added to acc ([tap][O]); dy, x, acc and bias_acc at
@@ -700,6 +793,19 @@ template <typename acc_t, int64_t TW, int64_t NB>
 inline void weight_grad_tile(const acc_t* dy, int64_t dysw, const acc_t* x, int64_t column_step,
                              acc_t* acc, int64_t acc_step, acc_t* bias_acc,
                              const int64_t* row_offsets, int64_t nrows, const ColumnTaps& taps) {
+  if constexpr (TW >= 4) {
+    switch (taps.window) {
+      case 3:
+        return weight_grad_tile_window<acc_t, TW, NB, 3>(dy, dysw, x, column_step, acc, acc_step,
+                                                         bias_acc, row_offsets, nrows);
+      case 5:
+        return weight_grad_tile_window<acc_t, TW, NB, 5>(dy, dysw, x, column_step, acc, acc_step,
+                                                         bias_acc, row_offsets, nrows);
+      case 7:
+        return weight_grad_tile_window<acc_t, TW, NB, 7>(dy, dysw, x, column_step, acc, acc_step,
+                                                         bias_acc, row_offsets, nrows);
+    }
+  }
   constexpr int64_t L = lanes<acc_t>();
   vec_t<acc_t> d[TW][NB];
   for (int64_t j = 0; j < NB; ++j) {
