@@ -1496,13 +1496,14 @@ inline void row_chunks(const Strides& s, int64_t D, int64_t H, int64_t W, const 
 }
 #endif
 
-// Channels [0, count) of a volume (strides s) into buf laid out [p][L], zeros elsewhere, through
-// transpose16 where transposable.
+// Channels [0, count) of a volume (strides s) into the volume's positions of buf, laid out
+// [p][L], through transpose16 where transposable. The padding positions are never written: buf
+// is zeroed once and reused for every block of the same layout (lanes past `count` keep another
+// block's values, which only lanes past `count` of the results read).
 template <typename scalar_t, typename acc_t>
 void gather_channels(const scalar_t* v, const Strides& s, int64_t count, int64_t D, int64_t H,
                      int64_t W, const Padded& p, acc_t* buf) {
   constexpr int64_t L = lanes<acc_t>();
-  std::fill(buf, buf + p.size() * L, acc_t(0));
 #ifdef DIAGONALWISE_TRANSPOSE
   if constexpr (kTransposable<scalar_t, acc_t>) {
     if (count == L && s.w == 1) {
@@ -1592,6 +1593,15 @@ inline int64_t padded_rows(const Geometry& g, const Padded& p, int64_t od, int64
   return count;
 }
 
+// Ahead of a channel-block task: the block's planes of volume v (strides s), into the caches
+// while the current task computes, where each plane is dense.
+template <typename scalar_t>
+inline void prefetch_block(const scalar_t* v, const Strides& s, int64_t count, int64_t D,
+                           int64_t H, int64_t W) {
+  if (s.w != 1 || s.h != W || s.d != H * W) return;
+  for (int64_t c = 0; c < count; ++c) prefetch(v + c * s.c, D * H * W);
+}
+
 template <typename scalar_t>
 void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const scalar_t* b,
                      scalar_t* y, Strides ys, const Geometry& g) {
@@ -1614,6 +1624,11 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
       const acc_t* wt = block_wt.data() + (task % groups) * g.taps() * L;
       const acc_t* bias = block_bias.data() + (task % groups) * L;
       gather_channels(x + n * xs.n + c0 * xs.c, xs, count, g.D, g.H, g.W, p, buf.data());
+      if (task + 1 < end) {
+        const int64_t next_n = (task + 1) / groups, next_c0 = ((task + 1) % groups) * L;
+        prefetch_block(x + next_n * xs.n + next_c0 * xs.c, xs, std::min(L, g.C - next_c0), g.D,
+                       g.H, g.W);
+      }
       for (int64_t od = 0; od < g.OD; ++od)
         for (int64_t oh = 0; oh < g.OH; ++oh) {
           const int64_t nrows = padded_rows(g, p, od, oh, L, offsets.data());
@@ -1658,6 +1673,12 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
       const int64_t n = task / groups, c0 = (task % groups) * L, count = std::min(L, g.C - c0);
       gather_channels(dy + n * dys.n + c0 * dys.c, dys, count, g.OD, g.OH, g.OW, dy_layout,
                       dybuf.data());
+      if (task + 1 < end) {
+        const int64_t next_n = (task + 1) / groups, next_c0 = ((task + 1) % groups) * L;
+        const int64_t next_count = std::min(L, g.C - next_c0);
+        prefetch_block(dy + next_n * dys.n + next_c0 * dys.c, dys, next_count, g.OD, g.OH, g.OW);
+        if (dw) prefetch_block(x + next_n * xs.n + next_c0 * xs.c, xs, next_count, g.D, g.H, g.W);
+      }
       if (dw || db) {
         acc_t* acc = partial.data() + task * sums;
         if (dw) gather_channels(x + n * xs.n + c0 * xs.c, xs, count, g.D, g.H, g.W, p, xbuf.data());
