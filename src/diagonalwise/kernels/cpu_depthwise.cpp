@@ -1242,8 +1242,20 @@ void store_rows(const acc_t* acc, const Padded& p, int64_t D, int64_t H, int64_t
 
 bool planes_apply(const Geometry& g) { return g.SD == 1 && g.SH == 1 && g.SW == 1; }
 
-// The input gradient's padding, (K - 1) * D - P per dimension, must not be negative.
-bool planes_apply_backward(const Geometry& g) {
+// At stride 1, dx[i] = sum_k dy[i + P - k * D] * w[k]: a stride-1 forward over dy with the
+// kernel flipped and the padding (K - 1) * D - P, which yields exactly the input's size.
+Geometry input_grad_as_forward(const Geometry& g) {
+  Geometry t = g;
+  t.D = g.OD; t.H = g.OH; t.W = g.OW;
+  t.OD = g.D; t.OH = g.H; t.OW = g.W;
+  t.PD = (g.KD - 1) * g.DD - g.PD;
+  t.PH = (g.KH - 1) * g.DH - g.PH;
+  t.PW = (g.KW - 1) * g.DW - g.PW;
+  return t;
+}
+
+// ... for the orders that need that padding not negative (it is a buffer's margin there).
+bool input_grad_is_padded_forward(const Geometry& g) {
   return planes_apply(g) && g.PD <= (g.KD - 1) * g.DD && g.PH <= (g.KH - 1) * g.DH &&
          g.PW <= (g.KW - 1) * g.DW;
 }
@@ -1602,6 +1614,30 @@ inline void prefetch_block(const scalar_t* v, const Strides& s, int64_t count, i
   for (int64_t c = 0; c < count; ++c) prefetch(v + c * s.c, D * H * W);
 }
 
+// One channel block's window sums: every output row of g from buf (laid out p, gathered), weights
+// [tap][L], into out (laid out out_layout). Every tap lies inside the padded buffer, but the border
+// columns' taps into the padding and rows of padding only add zeros: they are left out (a 7x7
+// kernel on a 4x4 map reads 16 of 49). `offsets` holds 2 * KD * KH.
+template <typename acc_t>
+void block_window_sums(const acc_t* buf, const Padded& p, const Geometry& g,
+                       const WindowTaps& window, const acc_t* wt, const acc_t* bias, acc_t* out,
+                       const Padded& out_layout, int64_t* offsets) {
+  constexpr int64_t L = lanes<acc_t>();
+  int64_t first, last;
+  interior_columns(g, first, last);
+  for (int64_t od = 0; od < g.OD; ++od)
+    for (int64_t oh = 0; oh < g.OH; ++oh) {
+      const int64_t nrows = padded_rows(g, p, od, oh, L, offsets);
+      acc_t* orow = out + out_layout.at(od, oh, 0) * L;
+      auto tile = [&](auto tw, auto nb, int64_t ow, int64_t, const ColumnTaps& taps) {
+        forward_tile<acc_t, acc_t, decltype(tw)::value, decltype(nb)::value>(
+            buf + ow * g.SW * L, g.SW * L, wt, L, bias, orow + ow * L, L, offsets, nrows, taps);
+      };
+      tile_row(g.OW, first, last, 1, L, window.all(),
+               [&](int64_t ow) { return window.of_column(ow); }, tile);
+    }
+}
+
 template <typename scalar_t>
 void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const scalar_t* b,
                      scalar_t* y, Strides ys, const Geometry& g) {
@@ -1609,11 +1645,7 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
   constexpr int64_t L = lanes<acc_t>();
   const Padded p = strided_layout(g), out_layout{g.OD, g.OH, g.OW, 0, 0, 0};
   const int64_t groups = (g.C + L - 1) / L;
-  // every tap lies inside the padded buffer, but the border columns' taps into the padding and
-  // rows of padding only add zeros: they are left out (a 7x7 kernel on a 4x4 map reads 16 of 49)
   const WindowTaps window(g, L);
-  int64_t first, last;
-  interior_columns(g, first, last);
   std::vector<acc_t> block_wt, block_bias;
   block_weights(w, b, g, block_wt, block_bias);
   at::parallel_for(0, g.N * groups, 1, [&](int64_t begin, int64_t end) {
@@ -1621,26 +1653,15 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
     std::vector<int64_t> offsets(2 * g.KD * g.KH);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / groups, c0 = (task % groups) * L, count = std::min(L, g.C - c0);
-      const acc_t* wt = block_wt.data() + (task % groups) * g.taps() * L;
-      const acc_t* bias = block_bias.data() + (task % groups) * L;
       gather_channels(x + n * xs.n + c0 * xs.c, xs, count, g.D, g.H, g.W, p, buf.data());
       if (task + 1 < end) {
         const int64_t next_n = (task + 1) / groups, next_c0 = ((task + 1) % groups) * L;
         prefetch_block(x + next_n * xs.n + next_c0 * xs.c, xs, std::min(L, g.C - next_c0), g.D,
                        g.H, g.W);
       }
-      for (int64_t od = 0; od < g.OD; ++od)
-        for (int64_t oh = 0; oh < g.OH; ++oh) {
-          const int64_t nrows = padded_rows(g, p, od, oh, L, offsets.data());
-          acc_t* orow = out.data() + out_layout.at(od, oh, 0) * L;
-          auto tile = [&](auto tw, auto nb, int64_t ow, int64_t, const ColumnTaps& taps) {
-            forward_tile<acc_t, acc_t, decltype(tw)::value, decltype(nb)::value>(
-                buf.data() + ow * g.SW * L, g.SW * L, wt, L, bias, orow + ow * L, L,
-                offsets.data(), nrows, taps);
-          };
-          tile_row(g.OW, first, last, 1, L, window.all(),
-                   [&](int64_t ow) { return window.of_column(ow); }, tile);
-        }
+      block_window_sums(buf.data(), p, g, window, block_wt.data() + (task % groups) * g.taps() * L,
+                        block_bias.data() + (task % groups) * L, out.data(), out_layout,
+                        offsets.data());
       scatter_channels(out.data(), out_layout, count, g.OD, g.OH, g.OW, y + n * ys.n + c0 * ys.c,
                        ys);
     }
@@ -1660,11 +1681,24 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
   const WindowTaps window(g, L);  // taps into the padding left out, as in the forward
   int64_t first, last;
   interior_columns(g, first, last);
-  const std::vector<ColumnPhase> phases = column_phases(g, L);
-  const Padded dy_layout{g.OD, g.OH, g.OW, 0, 0, 0}, dx_layout{g.D, g.H, g.W, 0, 0, 0};
+  // the stride-1 input gradient as the forward's window sums over dy padded in the buffer, with
+  // the taps flipped (per-row column phases cost more on small planes); strided, by phases
+  const bool as_forward = dx && input_grad_is_padded_forward(g);
+  const Geometry transposed = input_grad_as_forward(g);
+  const WindowTaps flipped_window(transposed, L);
+  const std::vector<ColumnPhase> phases = as_forward ? std::vector<ColumnPhase>()
+                                                     : column_phases(g, L);
+  const Padded dy_layout =
+      as_forward ? strided_layout(transposed) : Padded{g.OD, g.OH, g.OW, 0, 0, 0};
+  const Padded dx_layout{g.D, g.H, g.W, 0, 0, 0};
   const Strides blocked_dy(0, 1, g.OH * g.OW * L, g.OW * L, L);
   std::vector<acc_t> partial(dw || db ? g.N * groups * sums : 0, acc_t(0)), block_wt, zeros;
   block_weights(w, static_cast<const scalar_t*>(nullptr), g, block_wt, zeros);
+  std::vector<acc_t> flipped_wt(as_forward ? block_wt.size() : 0);
+  for (int64_t group = 0; as_forward && group < groups; ++group)
+    for (int64_t tap = 0; tap < taps; ++tap)
+      std::copy_n(block_wt.data() + (group * taps + tap) * L, L,
+                  flipped_wt.data() + (group * taps + taps - 1 - tap) * L);
   at::parallel_for(0, g.N * groups, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> xbuf(dw ? p.size() * L : 0), dybuf(dy_layout.size() * L);
     std::vector<acc_t> dxbuf(dx ? dx_layout.size() * L : 0);
@@ -1685,7 +1719,8 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
         for (int64_t od = 0; od < g.OD; ++od)
           for (int64_t oh = 0; oh < g.OH; ++oh) {
             const int64_t nrows = dw ? padded_rows(g, p, od, oh, L, offsets.data()) : 0;
-            const acc_t* dyrow = dybuf.data() + dy_layout.at(od, oh, 0) * L;
+            const acc_t* dyrow = dybuf.data() + dy_layout.at(od + dy_layout.lo_d,
+                                                             oh + dy_layout.lo_h, dy_layout.lo_w) * L;
             auto tile = [&](auto tw, auto nb, int64_t ow, int64_t, const ColumnTaps& column_taps) {
               weight_grad_tile<acc_t, decltype(tw)::value, decltype(nb)::value>(
                   dyrow + ow * L, L, xbuf.data() + ow * g.SW * L, g.SW * L, acc, L,
@@ -1695,7 +1730,12 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
                      [&](int64_t ow) { return window.of_column(ow); }, tile);
           }
       }
-      if (dx) {
+      if (as_forward) {
+        block_window_sums(static_cast<const acc_t*>(dybuf.data()), dy_layout, transposed,
+                          flipped_window,
+                          flipped_wt.data() + (task % groups) * taps * L, zeros.data(),
+                          dxbuf.data(), dx_layout, offsets.data());
+      } else if (dx) {
         for (int64_t id = 0; id < g.D; ++id)
           for (int64_t ih = 0; ih < g.H; ++ih) {
             const int64_t nrows = receiving_rows(g, blocked_dy, 0, id, ih, offsets.data());
@@ -1704,9 +1744,10 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
                            offsets.data(), nrows, phases, g, L,
                            dxbuf.data() + (id * g.H + ih) * g.W * L, L, scratch.data());
           }
+      }
+      if (dx)
         scatter_channels(dxbuf.data(), dx_layout, count, g.D, g.H, g.W,
                          dx + n * dxs.n + c0 * dxs.c, dxs);
-      }
     }
   });
   for (int64_t c = 0; c < g.C && (dw || db); ++c) {
@@ -1788,18 +1829,11 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor
     scalar_t* dbp = db.defined() ? db.mutable_data_ptr<scalar_t>() : nullptr;
     if (channels_inner(x)) {
       if (dx.defined() && g.M == 1 && g.SD == 1 && g.SH == 1 && g.SW == 1) {
-        // dx[i] = sum_k dy[i + P - k * D] * w[k]: a stride-1 forward over dy with the kernel
-        // flipped and the padding (K - 1) * D - P, which yields exactly the input's size
         const at::Tensor flipped = w.flip({2, 3, 4}).contiguous();
-        Geometry t = g;
-        t.D = g.OD; t.H = g.OH; t.W = g.OW;
-        t.OD = g.D; t.OH = g.H; t.OW = g.W;
-        t.PD = (g.KD - 1) * g.DD - g.PD;
-        t.PH = (g.KH - 1) * g.DH - g.PH;
-        t.PW = (g.KW - 1) * g.DW - g.PW;
         forward_channels_inner_tiled<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy),
                                                flipped.const_data_ptr<scalar_t>(), nullptr,
-                                               dx.mutable_data_ptr<scalar_t>(), Strides(dx), t);
+                                               dx.mutable_data_ptr<scalar_t>(), Strides(dx),
+                                               input_grad_as_forward(g));
       } else if (dx.defined() && g.M == 1) {
         input_grad_channels_inner_phases<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy),
                                                    w.const_data_ptr<scalar_t>(),
@@ -1819,7 +1853,7 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor
       if (use_blocked(g))
         backward_blocked<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy), x.const_data_ptr<scalar_t>(),
                                    Strides(x), w.const_data_ptr<scalar_t>(), dxp, dxs, dwp, dbp, g);
-      else if (planes_apply_backward(g))
+      else if (input_grad_is_padded_forward(g))
         backward_planes<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy), x.const_data_ptr<scalar_t>(),
                                   Strides(x), w.const_data_ptr<scalar_t>(), dxp, dxs, dwp, dbp, g);
       else if (x.stride(4) == 1 && dy.stride(4) == 1)

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 
-from ..layout import memory_format_like
 from .depthwise_function import differentiable
 from .lifting import depthwise_via_3d
 
@@ -97,12 +96,6 @@ def _depthwise3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return _extension().forward(x, weight, bias, stride, padding, dilation, output_size)
 
 
-@_depthwise3d.register_fake
-def _(x, weight, bias, stride, padding, dilation, output_size):
-    return torch.empty((x.shape[0], weight.shape[0], *output_size), dtype=x.dtype,
-                       device=x.device, memory_format=memory_format_like(x))
-
-
 @torch.library.custom_op("diagonalwise::cpu_depthwise3d_backward", mutates_args=())
 def _depthwise3d_backward(grad_output: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                           stride: list[int], padding: list[int], dilation: list[int],
@@ -114,14 +107,6 @@ def _depthwise3d_backward(grad_output: torch.Tensor, x: torch.Tensor, weight: to
     # outputs of a custom op may not alias each other)
     return (dx if input_grad else x.new_empty(0), dw if weight_grad else x.new_empty(0),
             db if bias_grad else x.new_empty(0))
-
-
-@_depthwise3d_backward.register_fake
-def _(grad_output, x, weight, stride, padding, dilation, input_grad, weight_grad, bias_grad):
-    return (torch.empty_like(x, memory_format=memory_format_like(x)) if input_grad else x.new_empty(0),
-            torch.empty_like(weight, memory_format=torch.contiguous_format) if weight_grad
-            else x.new_empty(0),
-            x.new_empty(weight.shape[0]) if bias_grad else x.new_empty(0))
 
 
 _depthwise = differentiable(_depthwise3d, _depthwise3d_backward)

@@ -3,13 +3,14 @@
 Each kernel family gives two ``torch.library`` custom ops with one signature:
 ``forward(x, weight, bias, stride, padding, dilation, output_size) -> y`` and
 ``backward(dy, x, weight, stride, padding, dilation, input_grad, weight_grad, bias_grad)
--> (dx, dw, db)`` (the gradients not asked for are empty). :func:`differentiable` makes them one
-differentiable call. Equivalence contract: what ``F.conv3d`` with ``groups=channels`` gives, in
-value, in the input, weight and bias gradients (reverse mode) and in the output's tangent
-(forward mode, ``torch.func.jvp``/``jacfwd``), under ``torch.func.grad``, ``vmap`` and their
-compositions. A backward that may itself be differentiated (``create_graph=True``, gradient
-penalties, and every ``torch.func`` transform, which all run it so) is computed by native's
-``F.conv3d``, whose backward has derivatives: exact, at native's speed.
+-> (dx, dw, db)`` (the gradients not asked for are empty). :func:`differentiable` gives them fake
+kernels and makes them one differentiable call. Equivalence contract: what ``F.conv3d`` with
+``groups=channels`` gives, in value, in the input, weight and bias gradients (reverse mode) and
+in the output's tangent (forward mode, ``torch.func.jvp``/``jacfwd``), under ``torch.func.grad``,
+``vmap`` and their compositions. A backward that may itself be differentiated
+(``create_graph=True``, gradient penalties, and every ``torch.func`` transform, which all run it
+so) is computed by native's ``F.conv3d``, whose backward has derivatives: exact, at native's
+speed.
 
 Why not only ``register_autograd`` on the op: the ``autograd.Function`` torch.library generates
 has no ``setup_context``, so ``torch.func.grad``/``jacrev`` refuse it (pytorch/pytorch#168393,
@@ -25,6 +26,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from ..layout import memory_format_like
 
 
 def _moved(tensor: torch.Tensor | None, dim: int | None, batch: int) -> torch.Tensor | None:
@@ -74,6 +77,25 @@ def native_depthwise(x: torch.Tensor, weight: torch.Tensor, stride: list[int],
         trailing = (out - 1) * s + (k - 1) * d + 1 - (size + p)
         pads = [p, trailing] + pads  # F.pad lists the last dimension first
     return F.conv3d(F.pad(x, pads), weight, None, stride, 0, dilation, x.shape[1])
+
+
+def _register_fake_kernels(forward_op, backward_op) -> None:
+    """Output shapes and layouts for tracing (torch.compile): y and dx in x's layout, dw
+    contiguous, and the gradients not asked for empty."""
+
+    @forward_op.register_fake
+    def _(x, weight, bias, stride, padding, dilation, output_size):
+        return torch.empty((x.shape[0], weight.shape[0], *output_size), dtype=x.dtype,
+                           device=x.device, memory_format=memory_format_like(x))
+
+    @backward_op.register_fake
+    def _(grad_output, x, weight, stride, padding, dilation, input_grad, weight_grad,
+          bias_grad):
+        return (torch.empty_like(x, memory_format=memory_format_like(x)) if input_grad
+                else x.new_empty(0),
+                torch.empty_like(weight, memory_format=torch.contiguous_format) if weight_grad
+                else x.new_empty(0),
+                x.new_empty(weight.shape[0]) if bias_grad else x.new_empty(0))
 
 
 def differentiable(forward_op, backward_op) -> Callable[..., torch.Tensor]:
@@ -141,6 +163,7 @@ def differentiable(forward_op, backward_op) -> Callable[..., torch.Tensor]:
                     x.shape[0], -1, *ctx.output_size))
             return sum(terms[1:], terms[0])
 
+    _register_fake_kernels(forward_op, backward_op)
     forward_op.register_autograd(gradients, setup_context=setup_context)
     _register_batching_rule(forward_op)
 

@@ -43,12 +43,6 @@ def _depthwise3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return triton_depthwise.forward(x, weight, bias, stride, padding, dilation, output_size)
 
 
-@_depthwise3d.register_fake
-def _(x, weight, bias, stride, padding, dilation, output_size):
-    return torch.empty((x.shape[0], weight.shape[0], *output_size), dtype=x.dtype,
-                       device=x.device, memory_format=memory_format_like(x))
-
-
 @torch.library.custom_op("diagonalwise::triton_depthwise3d_backward", mutates_args=())
 def _depthwise3d_backward(grad_output: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                           stride: list[int], padding: list[int], dilation: list[int],
@@ -64,13 +58,6 @@ def _depthwise3d_backward(grad_output: torch.Tensor, x: torch.Tensor, weight: to
           if weight_grad else x.new_empty(0))
     db = grad_output.sum((0, 2, 3, 4)) if bias_grad else x.new_empty(0)
     return dx, dw, db
-
-
-@_depthwise3d_backward.register_fake
-def _(grad_output, x, weight, stride, padding, dilation, input_grad, weight_grad, bias_grad):
-    return (torch.empty_like(x) if input_grad else x.new_empty(0),
-            torch.empty_like(weight) if weight_grad else x.new_empty(0),
-            x.new_empty(weight.shape[0]) if bias_grad else x.new_empty(0))
 
 
 _depthwise = differentiable(_depthwise3d, _depthwise3d_backward)
