@@ -1615,16 +1615,16 @@ inline void prefetch_block(const scalar_t* v, const Strides& s, int64_t count, i
 }
 
 // One channel block's window sums: every output row of g from buf (laid out p, gathered), weights
-// [tap][L], into out (laid out out_layout). Every tap lies inside the padded buffer, but the border
-// columns' taps into the padding and rows of padding only add zeros: they are left out (a 7x7
-// kernel on a 4x4 map reads 16 of 49). `offsets` holds 2 * KD * KH.
+// [tap][L], into out (laid out out_layout). Every tap of every output lies inside the padded
+// buffer, so every column takes the whole window (taps into the padding add products with its
+// zeros): the rows go in the window tiles end to end, which measured 1.07x-2.3x faster on planes
+// of 28x28 down to 4x4 than border columns one at a time with only their valid taps (v8e). Rows
+// wholly in the padding are left out. `offsets` holds 2 * KD * KH.
 template <typename acc_t>
 void block_window_sums(const acc_t* buf, const Padded& p, const Geometry& g,
                        const WindowTaps& window, const acc_t* wt, const acc_t* bias, acc_t* out,
                        const Padded& out_layout, int64_t* offsets) {
   constexpr int64_t L = lanes<acc_t>();
-  int64_t first, last;
-  interior_columns(g, first, last);
   for (int64_t od = 0; od < g.OD; ++od)
     for (int64_t oh = 0; oh < g.OH; ++oh) {
       const int64_t nrows = padded_rows(g, p, od, oh, L, offsets);
@@ -1633,8 +1633,7 @@ void block_window_sums(const acc_t* buf, const Padded& p, const Geometry& g,
         forward_tile<acc_t, acc_t, decltype(tw)::value, decltype(nb)::value>(
             buf + ow * g.SW * L, g.SW * L, wt, L, bias, orow + ow * L, L, offsets, nrows, taps);
       };
-      tile_row(g.OW, first, last, 1, L, window.all(),
-               [&](int64_t ow) { return window.of_column(ow); }, tile);
+      tile_row(g.OW, 0, g.OW, 1, L, window.all(), [&](int64_t) { return window.all(); }, tile);
     }
 }
 
