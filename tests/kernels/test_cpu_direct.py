@@ -317,3 +317,20 @@ def test_second_derivatives_match_native():
     hessians = [torch.func.hessian(lambda w, conv=conv: conv(x, w, bias).square().sum())(
         weight.detach()) for conv in (ours, native)]
     torch.testing.assert_close(*hessians, **TOLERANCES[torch.float64])
+
+
+def test_an_inf_in_the_output_gradient_gives_native_nan_and_inf():
+    """The NCHW channel blocks take every column's whole window over the zero padding: an inf in
+    dy meets those zeros in the weight gradient as in native's (NaN), not more or less."""
+    x = torch.rand(2, 16, 9, 9, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(16, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    dy = torch.rand(2, 16, 9, 9, dtype=torch.float64)
+    dy[1, 5, 4, 0] = float("inf")
+    results = []
+    for algorithm in ("cpu_direct", None):
+        out = dw.conv2d(x, weight, None, 1, 1, 1, 16, algorithm=algorithm) if algorithm else \
+            torch.nn.functional.conv2d(x, weight, None, 1, 1, 1, 16)
+        results.append(torch.autograd.grad(out, (x, weight), dy))
+    for ours, native in zip(*results):
+        assert torch.equal(ours.isnan(), native.isnan()) and torch.equal(ours.isinf(), native.isinf())
+    assert results[1][1].isnan().any() and results[1][1].isinf().any()

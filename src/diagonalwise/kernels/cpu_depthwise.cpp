@@ -1617,8 +1617,8 @@ inline void prefetch_block(const scalar_t* v, const Strides& s, int64_t count, i
 // One channel block's window sums: every output row of g from buf (laid out p, gathered), weights
 // [tap][L], into out (laid out out_layout). Every tap of every output lies inside the padded
 // buffer, so every column takes the whole window (taps into the padding add products with its
-// zeros): the rows go in the window tiles end to end, which measured 1.07x-2.3x faster on planes
-// of 28x28 down to 4x4 than border columns one at a time with only their valid taps (v8e). Rows
+// zeros) and the rows go through the window tiles end to end: 1.07x-2.3x faster on planes of
+// 28x28 down to 4x4 than border columns one at a time with only their valid taps (v8e). Rows
 // wholly in the padding are left out. `offsets` holds 2 * KD * KH.
 template <typename acc_t>
 void block_window_sums(const acc_t* buf, const Padded& p, const Geometry& g,
@@ -1677,9 +1677,7 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
   constexpr int64_t L = lanes<acc_t>();
   const Padded p = strided_layout(g);
   const int64_t groups = (g.C + L - 1) / L, taps = g.taps(), sums = (taps + 1) * L;
-  const WindowTaps window(g, L);  // taps into the padding left out, as in the forward
-  int64_t first, last;
-  interior_columns(g, first, last);
+  const WindowTaps window(g, L);
   // the stride-1 input gradient as the forward's window sums over dy padded in the buffer, with
   // the taps flipped (per-row column phases cost more on small planes); strided, by phases
   const bool as_forward = dx && input_grad_is_padded_forward(g);
@@ -1725,8 +1723,10 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
                   dyrow + ow * L, L, xbuf.data() + ow * g.SW * L, g.SW * L, acc, L,
                   acc + taps * L, offsets.data(), nrows, column_taps);
             };
-            tile_row(g.OW, first, last, 1, L, window.all(),
-                     [&](int64_t ow) { return window.of_column(ow); }, tile);
+            // every column with the whole window, as in block_window_sums (an inf in dy meets
+            // the padding's zeros in a NaN, as in native's NCHW weight gradient)
+            tile_row(g.OW, 0, g.OW, 1, L, window.all(), [&](int64_t) { return window.all(); },
+                     tile);
           }
       }
       if (as_forward) {
