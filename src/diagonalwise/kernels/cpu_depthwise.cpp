@@ -1312,8 +1312,8 @@ void backward_planes(const scalar_t* dy, Strides dys, const scalar_t* x, Strides
   const int64_t span = px.at(g.OD - 1, g.OH - 1, g.OW - 1) + 1;
   const std::vector<int64_t> x_offsets = tap_offsets(px, g, false);
   // dy padded for the input gradient: a stride-1 window sum whose outputs are x's positions
-  const Padded pd = padded_layout(g.OD, g.OH, g.OW, g.D, g.H, g.W, (g.KD - 1) * g.DD - g.PD,
-                                  (g.KH - 1) * g.DH - g.PH, (g.KW - 1) * g.DW - g.PW, g);
+  const Geometry t = input_grad_as_forward(g);
+  const Padded pd = padded_layout(t.D, t.H, t.W, t.OD, t.OH, t.OW, t.PD, t.PH, t.PW, g);
   const int64_t dx_span = pd.at(g.D - 1, g.H - 1, g.W - 1) + 1;
   const std::vector<int64_t> dy_offsets = tap_offsets(pd, g, true);
   // dy where the forward's outputs sit in x's padded layout
