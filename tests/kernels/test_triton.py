@@ -1,6 +1,7 @@
-"""The Triton kernels through Triton's CPU interpreter (run with TRITON_INTERPRET=1, set by the
-Makefile before Triton is imported): float64 equivalence with F.conv1d/2d/3d, output and every
-gradient, plus layouts, autocast, torch.compile, determinism and the autotuner."""
+"""The Triton kernels on a CUDA GPU, or without one through Triton's CPU interpreter (run with
+TRITON_INTERPRET=1, set by the Makefile before Triton is imported): float64 equivalence with
+F.conv1d/2d/3d, output and every gradient, plus layouts, autocast, torch.compile, determinism
+and the tuner."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import os
 import pytest
 
 pytest.importorskip("triton", reason="the Triton kernels need Triton (pip install triton)")
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("these tests run the kernels on CPU tensors through Triton's interpreter: set "
-                "TRITON_INTERPRET=1 (make test-triton)", allow_module_level=True)
-
 import torch  # noqa: E402
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+if not INTERPRETED and not torch.cuda.is_available():
+    pytest.skip("without a CUDA GPU these tests run the kernels on CPU tensors through Triton's "
+                "interpreter: set TRITON_INTERPRET=1 (make test-triton)", allow_module_level=True)
+DEVICE = "cpu" if INTERPRETED else "cuda"
 import torch.nn.functional as F  # noqa: E402
 
 import diagonalwise as dw  # noqa: E402
@@ -22,6 +25,13 @@ from diagonalwise.call import ConvCall  # noqa: E402
 from tests.equivalence import assert_func_transforms_match_native  # noqa: E402
 
 TOL = dict(rtol=1e-10, atol=1e-10)
+
+
+@pytest.fixture(autouse=True)
+def on_the_kernels_device():
+    """Every tensor a test makes lands where the kernels run (the GPU, or the interpreter's CPU)."""
+    with torch.device(DEVICE):
+        yield
 
 
 def check(x, w, b, stride, padding, dilation, groups, tol=TOL):
@@ -139,7 +149,7 @@ def test_module_autocast_and_compile():
     x = torch.randn(2, 4, 7, 7)
     compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), native(x), rtol=1e-5, atol=1e-5)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
         got, want = layer(x), native(x)
     assert got.dtype == want.dtype == torch.bfloat16
     torch.testing.assert_close(got, want, rtol=1.6e-2, atol=1e-2)
@@ -148,14 +158,14 @@ def test_module_autocast_and_compile():
 def test_tuner_offers_and_gates_triton():
     call = ConvCall((2, 8, 9, 9), (8, 1, 3, 3), False, (1, 1), (1, 1), (1, 1), 8, "float64",
                     "contiguous")
-    names = [a.name for a in dw.candidate_algorithms(call, "cpu")]
+    names = [a.name for a in dw.candidate_algorithms(call, DEVICE)]
     assert "triton" in names
-    assert tuning.check_correctness(call, dw.get_algorithm("triton"), "cpu") is None
-    choice = tuning.choose(call, "cpu", timer=lambda c, a, d: 0.1 if a.name == "triton" else 1.0)
+    assert tuning.check_correctness(call, dw.get_algorithm("triton"), DEVICE) is None
+    choice = tuning.choose(call, DEVICE, timer=lambda c, a, d: 0.1 if a.name == "triton" else 1.0)
     assert choice.algorithm == "triton"
     grouped = ConvCall((2, 8, 9, 9), (8, 2, 3, 3), False, (1, 1), (1, 1), (1, 1), 4, "float64",
                        "contiguous")
-    assert "triton" not in [a.name for a in dw.candidate_algorithms(grouped, "cpu")]
+    assert "triton" not in [a.name for a in dw.candidate_algorithms(grouped, DEVICE)]
 
 
 def test_non_depthwise_is_refused_clearly():
