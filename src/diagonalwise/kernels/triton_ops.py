@@ -21,6 +21,10 @@ from ..layout import memory_format_like
 from .depthwise_function import differentiable
 from .lifting import depthwise_via_3d
 
+# looked up once: torch.compile does not trace importlib, and modules traced with fullgraph=True
+# ask for every call
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
 
 def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
@@ -28,7 +32,7 @@ def interpreter_enabled() -> bool:
 
 def triton_usable(device: torch.device | str) -> bool:
     """Whether the Triton kernels can run on tensors of ``device`` here."""
-    if importlib.util.find_spec("triton") is None:
+    if not TRITON_INSTALLED:
         return False
     device = torch.device(device)
     return device.type == "cuda" or (device.type == "cpu" and interpreter_enabled())
