@@ -25,11 +25,17 @@ def leaf(tensor: torch.Tensor | None) -> torch.Tensor | None:
     return None if tensor is None else tensor.detach().clone().requires_grad_(True)
 
 
+def seeded_generator(seed: int) -> torch.Generator:
+    """A generator on the default device, so operands land where a test's device context puts
+    them (the GPU in test_triton.py when one is present)."""
+    return torch.Generator(torch.get_default_device()).manual_seed(seed)
+
+
 def run_with_grads(fn, input, weight, bias, grad_output_seed: int = 0):
     """Output of fn(input, weight, bias) and the gradients of a fixed random projection of it."""
     input, weight, bias = leaf(input), leaf(weight), leaf(bias)
     output = fn(input, weight, bias)
-    generator = torch.Generator().manual_seed(grad_output_seed)
+    generator = seeded_generator(grad_output_seed)
     grad_output = torch.randn(output.shape, generator=generator, dtype=torch.float64)
     grad_output = grad_output.to(output.dtype)
     wrt = [t for t in (input, weight, bias) if t is not None]
@@ -63,7 +69,7 @@ LAYOUTS = ("contiguous", "channels_last", "non_contiguous")
 
 def make_operands(spatial_dims, batch, groups, in_per_group, out_per_group, kernel, sizes, bias,
                   layout="contiguous", dtype=torch.float64, seed=0):
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     shape = ((batch,) if batch else ()) + (groups * in_per_group, *sizes)
     if layout == "non_contiguous":
         # every other element of a twice-as-long last dimension: a strided view
@@ -154,7 +160,7 @@ def assert_func_transforms_match_native(algorithm: str, layout: str, multiplier:
     native_conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
     ours_conv = (dw.conv1d, dw.conv2d, dw.conv3d)[dims - 1]
     probe = torch.randn(native_conv(x, weight, bias, 2, 1, 1, channels).shape,
-                        generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+                        generator=seeded_generator(1), dtype=x.dtype)
 
     def native(x, weight, bias):
         return native_conv(x, weight, bias, 2, 1, 1, channels)

@@ -93,11 +93,13 @@ class ConvCall:
         return element * {"forward": forward, "backward": backward, "step": forward + backward}[mode]
 
     def make_operands(self, device: torch.device | str, seed: int = 0):
-        """Random input, weight, bias and output gradient with this call's shapes, dtype and layout."""
+        """Random input, weight, bias and output gradient with this call's shapes, dtype and layout,
+        drawn on the CPU (the same numbers on every device, whatever the default device)."""
         generator = torch.Generator().manual_seed(seed)
 
         def randn(shape):
-            return torch.randn(shape, generator=generator).to(device=device, dtype=self.torch_dtype)
+            return torch.randn(shape, generator=generator, device="cpu").to(device=device,
+                                                                             dtype=self.torch_dtype)
 
         x = randn(self.input_shape)
         if self.layout == "channels_last":

@@ -13,6 +13,7 @@ from torch import nn
 
 import diagonalwise as dw
 from diagonalwise import tuning
+from diagonalwise.bench.registry import MODELS
 from diagonalwise.call import ConvCall
 from diagonalwise.tuning.cache import model_key
 from tests.builders import tiny_mobilenet
@@ -211,3 +212,26 @@ def test_bench_tunes_in_the_layout_it_measures(monkeypatch):
 
 def test_no_test_touches_the_users_cache():
     assert "tuning-cache" in os.environ["DIAGONALWISE_CACHE_DIR"]
+
+
+def test_operands_are_drawn_on_the_cpu_whatever_the_default_device():
+    """A user who set another default device (torch.set_default_device('cuda')) gets the same
+    timing operands: they are drawn on the CPU, then moved."""
+    call = ConvCall((2, 8, 9, 9), (8, 1, 3, 3), True, (1, 1), (1, 1), (1, 1), 8, "float32",
+                    "channels_last")
+    expected = call.make_operands("cpu", seed=3)
+    with torch.device("meta"):
+        got = call.make_operands("cpu", seed=3)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_bench_models_run_at_their_gpu_input_size(name):
+    """Shapes only (meta tensors): CPU CI never runs the GPU defaults, so a model that breaks at
+    them would show only on a GPU (x3d_style once did at 112x112, where a side of 7 is odd)."""
+    spec = MODELS[name]
+    model = spec.build().to("meta")
+    logits = model(torch.empty(spec.input_shape(2, spec.gpu_size), device="meta"))
+    assert tuple(logits.shape)[:1] == (2,)

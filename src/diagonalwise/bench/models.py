@@ -60,7 +60,9 @@ class _X3DBlock(nn.Module):
                                     groups=expanded, bias=False), expanded, 3),
             nn.Conv3d(expanded, channels, 1, bias=False), nn.BatchNorm3d(channels),
         )
-        self.pool = nn.AvgPool3d((1, stride, stride)) if stride > 1 else nn.Identity()
+        # ceil_mode: an odd side pools to the strided conv's size (7x7 -> 4x4, not 3x3)
+        self.pool = (nn.AvgPool3d((1, stride, stride), ceil_mode=True) if stride > 1
+                     else nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.pool(x) + self.body(x))

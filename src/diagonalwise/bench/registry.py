@@ -41,8 +41,9 @@ class ModelSpec:
 
     def make_batch(self, batch: int, size: int, device: torch.device, seed: int = 0):
         generator = torch.Generator().manual_seed(seed)
-        x = torch.randn(self.input_shape(batch, size), generator=generator).to(device)
-        y = torch.randint(0, self.num_classes, (batch,), generator=generator).to(device)
+        x = torch.randn(self.input_shape(batch, size), generator=generator, device="cpu").to(device)
+        y = torch.randint(0, self.num_classes, (batch,), generator=generator,
+                          device="cpu").to(device)
         return x, y
 
 

@@ -96,7 +96,7 @@ def digits_dataset(size: int, limit: int | None = None):
                                        align_corners=False)
     images = ((images - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()
     labels = torch.tensor(digits.target)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0), device="cpu")
     split = int(0.8 * len(labels))
     train, test = order[:split], order[split:]
     if limit:
@@ -113,7 +113,8 @@ def image_folder_dataset(path: str, size: int, limit: int | None = None):
     transform = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
                                     transforms.Normalize([0.5] * 3, [0.5] * 3)])
     dataset = datasets.ImageFolder(path, transform=transform)
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0),
+                           device="cpu").tolist()
     split = max(1, int(0.8 * len(order)))
     train = order[:split][:limit] if limit else order[:split]
     return (torch.utils.data.Subset(dataset, train), torch.utils.data.Subset(dataset, order[split:]),
