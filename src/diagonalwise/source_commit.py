@@ -10,10 +10,12 @@ SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def git_commit() -> str:
-    """The commit of the checkout the package runs from, '+dirty' if it has changes; when the
-    package is installed elsewhere, of the checkout the command runs in; outside any, the
-    DIAGONALWISE_COMMIT variable (set it where a copy of the tree runs without its .git), else
-    'unknown'."""
+    """The DIAGONALWISE_COMMIT variable where set (for a copy of the tree run elsewhere, whose
+    .git may be missing or stale); else the commit of the checkout the package runs from, '+dirty'
+    if it has changes; when the package is installed elsewhere, of the checkout the command runs
+    in; else 'unknown'."""
+    if os.environ.get("DIAGONALWISE_COMMIT"):
+        return os.environ["DIAGONALWISE_COMMIT"]
     for root in (SOURCE_ROOT, Path.cwd()):
         try:
             commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
@@ -24,4 +26,4 @@ def git_commit() -> str:
         except (OSError, subprocess.SubprocessError):
             continue
         return commit + ("+dirty" if dirty else "")
-    return os.environ.get("DIAGONALWISE_COMMIT", "unknown")
+    return "unknown"

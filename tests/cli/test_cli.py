@@ -190,6 +190,11 @@ def test_report_writes_the_per_framework_table_from_every_frameworks_files(tmp_p
         "run-b/keras/torch.json": _steps(("native", "ok", 900.0, 1.0),
                                          ("paper", "failed: first loss off by 1e-2")),
     }
+    # the same run as if measured on a GPU: its rows stand beside the CPU's, not over them
+    gpu_run = json.loads((root / "run-a" / "results.json").read_text())
+    gpu_run["provenance"]["environment"]["device_type"] = "cuda"
+    (root / "run-c").mkdir()
+    (root / "run-c" / "results.json").write_text(json.dumps(gpu_run))
     for relative, data in files.items():
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / relative).write_text(json.dumps(data))
@@ -199,6 +204,7 @@ def test_report_writes_the_per_framework_table_from_every_frameworks_files(tmp_p
     text = readme.read_text()
     assert "\nold\n" not in text
     assert "| PyTorch (oneDNN), contiguous |" in text
+    assert "| PyTorch (cuDNN), contiguous |" in text
     assert "| JAX + Flax NNX (XLA), NHWC | 3000 ms | 0.25x | 3.00x (shift_add); tuned 2.50x " \
         "(tuned) | shift_add | - |" in text
     assert "| MXNet Gluon, NCHW | 700 ms | 0.88x | 1.00x (native) | native | 3.5x |" in text
@@ -261,6 +267,10 @@ def test_provenance_finds_the_checkout_when_installed_elsewhere(tmp_path, monkey
     assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", source_commit.git_commit())
     monkeypatch.chdir(tmp_path)
     assert source_commit.git_commit() == "unknown"
+    # a copy run elsewhere names its commit, over whatever .git travelled with it
+    monkeypatch.setenv("DIAGONALWISE_COMMIT", "0" * 40)
+    monkeypatch.chdir(checkout)
+    assert source_commit.git_commit() == "0" * 40
 
 
 @pytest.mark.parametrize("native, ours, equal", [

@@ -26,9 +26,12 @@ OTHER_FRAMEWORKS = [
 ]
 
 #: PyTorch-side models: name (or name prefix) -> (label, the paper's column)
-TORCH_MODELS = {"mobilenet_v1": ("PyTorch (oneDNN)", PAPER["PyTorch"]),
+TORCH_MODELS = {"mobilenet_v1": ("PyTorch", PAPER["PyTorch"]),
                 "darknet:": ("Darknet cfg in PyTorch", PAPER["Darknet"]),
                 "caffe:": ("Caffe prototxt in PyTorch", PAPER["Caffe"])}
+
+#: the library behind PyTorch's native convolutions per device type: a row of each is kept
+BACKENDS = {"cpu": "oneDNN", "cuda": "cuDNN"}
 
 
 def _speedup(row: dict) -> str:
@@ -53,6 +56,8 @@ def _torch_rows(run: Path) -> dict[str, Row]:
     rows = {}
     for path in sorted(run.rglob("results.json")):
         result = BenchResult.from_dict(json.loads(path.read_text()))
+        device_type = result.provenance["environment"].get("device_type", "cpu")
+        backend = BACKENDS.get(device_type, device_type)
         for model, layout in dict.fromkeys((r.model, r.layout) for r in result.models
                                            if r.dtype == "float32"):
             key = next((k for k in TORCH_MODELS if model == k or
@@ -64,6 +69,7 @@ def _torch_rows(run: Path) -> dict[str, Row]:
             if "native" not in variants:
                 continue
             label, paper = TORCH_MODELS[key]
+            label = f"{label} ({backend})"
             tuned = variants.get("tuned", {})
             rows[f"{label}, {layout}"] = ([
                 f"{label}, {layout}", f"{number(variants['native']['median_ms'], 0)} ms",
