@@ -21,8 +21,8 @@ from ..layout import memory_format_like
 from .depthwise_function import differentiable
 from .lifting import depthwise_via_3d
 
-# looked up once: torch.compile does not trace importlib, and modules traced with fullgraph=True
-# ask for every call
+# looked up once: Dynamo refuses to trace importlib.util.find_spec, which a fullgraph compile of a
+# Triton layer would meet on every call
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
