@@ -129,6 +129,36 @@ inline void vstore(T* p, vec_t<T> v) {
   std::memcpy(p, &v, sizeof v);
 }
 
+// Channels per task (at most) of the per-channel loops below (weights turned over, sums reduced).
+constexpr int64_t kChannelBlock = 16;
+
+// Calls body(c0, c1) for blocks of `block` (<= kChannelBlock) of `channels` channels, on the
+// thread pool when there are enough elements (`work_per_channel` each) to share: on a small
+// layer these loops cost as much as the convolution when run in one thread.
+template <typename Body>
+void over_channel_blocks(int64_t channels, int64_t work_per_channel, const Body& body,
+                         int64_t block = kChannelBlock) {
+  const int64_t blocks = (channels + block - 1) / block;
+  const int64_t grain = std::max<int64_t>(1, 16384 / (block * std::max<int64_t>(1, work_per_channel)));
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) body(b * block, std::min(channels, (b + 1) * block));
+  });
+}
+
+// w ([O][taps]) as acc_t [tap][O], the layout the channels-inner loops read (each tap's weights
+// over the channels, contiguous); `flipped`: tap t holds w's tap taps - 1 - t.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+std::vector<acc_t> taps_outer(const scalar_t* w, int64_t O, int64_t taps, bool flipped = false) {
+  std::vector<acc_t> wt(taps * O);
+  over_channel_blocks(O, taps, [&](int64_t o0, int64_t o1) {
+    for (int64_t t = 0; t < taps; ++t) {
+      const int64_t source = flipped ? taps - 1 - t : t;
+      for (int64_t o = o0; o < o1; ++o) wt[t * O + o] = static_cast<acc_t>(w[o * taps + source]);
+    }
+  });
+  return wt;
+}
+
 // ---------------------------------------------------------------------------------------------
 // forward
 
@@ -147,6 +177,8 @@ struct ColumnTaps {
   // flipped: tap kw on the window's column window - 1 - kw (the stride-1 input gradient)
   int64_t window = 0;
   bool flipped = false;
+  // window tiles: the window columns [lo, hi) that lie inside the row (the others are skipped)
+  int64_t lo = 0, hi = std::numeric_limits<int64_t>::max();
 };
 
 // The forward's column taps (offsets kw * DW * column stride, from input column ow * SW - PW):
@@ -254,6 +286,8 @@ inline out_t from_acc(acc_t value) {
 // bfloat16/half: the valid input rows of output rows (see input_rows) converted to acc_t, each
 // W x C dense. The rows are kept in 2 * KD * KH slots, tagged by where they start in x, so the
 // next output row, which reads KH - 1 of the same rows at stride 1, converts only its new one.
+// (Staging float rows too, with zero columns for whole windows at the borders, cost more than it
+// saved: 0.5x-0.95x on 3x3 and 5x5 layers, 1.16x on one 7x7, v9 in cpu_direct_notes.md.)
 template <typename scalar_t, typename acc_t>
 class ConvertedRows {
  public:
@@ -325,15 +359,46 @@ inline void tile_columns(int64_t begin, int64_t end, int64_t c0, const ColumnTap
   if constexpr (TW > 1) tile_columns<NB, TW / 2>(column, end, c0, taps, tile);
 }
 
+// Where the rows the tiles read begin and end, for window tiles that reach past them: output
+// column ow's window column c reads row column ow - pad + c (stride 1), inside iff in [0, width).
+// Not known for the channel blocks' zero-padded rows: there the interior in window tiles, the
+// rest alone was faster than windows down to one column (windows: 0.8x on 7x7 planes, v9).
+struct RowBounds {
+  bool known = false;
+  int64_t pad = 0, width = 0;
+};
+
 // One row of `columns` output columns through the channels-inner tiles: channel groups of 4
 // vectors (then single vectors) outermost, so each group walks the row at the pixel stride,
-// which the prefetcher follows; in a group, the interior columns [first, last) in tiles with
-// `interior` taps, and each other column alone with border(column)'s.
+// which the prefetcher follows. With windows of 5 or 7 taps and known bounds, every column in
+// window tiles (16 / NB wide, then halves), the ones that reach past the row's ends skipping the
+// columns outside: there a border column alone costs as much as a tile (v9: 5x5 and 7x7 layers
+// 1.1x-2.2x; 3x3 layers, with one border column a side, no faster); otherwise the interior columns [first, last) in tiles with `interior` taps and each other
+// column alone with border(column)'s.
 template <typename Border, typename Tile>
 inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t blocks, int64_t lanes,
-                     const ColumnTaps& interior, const Border& border, const Tile& tile) {
+                     const ColumnTaps& interior, const Border& border, const Tile& tile,
+                     RowBounds bounds = {}) {
+  auto windows = [&](auto nb, auto tw, int64_t& column, int64_t c0) {
+    constexpr int64_t TW = decltype(tw)::value;
+    for (; column + TW <= columns; column += TW) {
+      ColumnTaps taps = interior;
+      taps.lo = std::max<int64_t>(0, bounds.pad - column);
+      taps.hi = bounds.width + bounds.pad - column;
+      tile(tw, nb, column, c0, taps);
+    }
+  };
   auto group = [&](auto nb, int64_t c0) {
     constexpr int64_t NB = decltype(nb)::value;
+    if (interior.window >= 5 && bounds.known) {
+      int64_t column = 0;
+      windows(nb, constant<16 / NB>{}, column, c0);
+      if constexpr (NB == 1) windows(nb, constant<8>{}, column, c0);
+      windows(nb, constant<4>{}, column, c0);
+      windows(nb, constant<2>{}, column, c0);
+      windows(nb, constant<1>{}, column, c0);
+      return;
+    }
     for (int64_t column = 0; column < columns; ++column) {
       if (column == first && first < last) {
         tile_columns<NB>(first, last, c0, interior, tile);
@@ -348,14 +413,37 @@ inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t block
   for (; block < blocks; ++block) group(constant<1>{}, block * lanes);
 }
 
+// Calls window_tile(KW, CLAMP) (std::integral_constant) for window taps of 3, 5 or 7 columns,
+// CLAMP where the tile's window reaches past the row (taps.lo, taps.hi); false for other taps.
+template <int64_t TW, typename WindowTile>
+[[gnu::always_inline]] inline bool with_window(const ColumnTaps& taps, const WindowTile& window_tile) {
+  auto call = [&](auto kw) __attribute__((always_inline)) {
+    constexpr int64_t KW = decltype(kw)::value;
+    if (taps.lo > 0 || taps.hi < TW + KW - 1)
+      window_tile(kw, std::true_type{});
+    else
+      window_tile(kw, std::false_type{});
+    return true;
+  };
+  switch (taps.window) {
+    case 3: return call(constant<3>{});
+    case 5: return call(constant<5>{});
+    case 7: return call(constant<7>{});
+  }
+  return false;
+}
+
 // forward_tile for a whole window of KW taps on consecutive columns: input column c of a row
 // feeds output columns c - kw, so each input vector is loaded once per row for all its taps
 // (forward_tile loads it once per tap: KW loads where one does, and this CPU loads one 64-byte
-// vector per cycle, as many as it multiplies). The sums run in forward_tile's order.
-template <typename out_t, typename acc_t, int64_t TW, int64_t NB, int64_t KW>
-inline void forward_tile_window(const acc_t* x, int64_t column_step, const acc_t* wt,
+// vector per cycle, as many as it multiplies). The sums run in forward_tile's order. One channel
+// vector at a time: taking the NB vectors of a column together (more independent sums) was
+// 4-9% faster on 7x7 planes but 12-16% slower on 28x28 and 56x56 (v9 in cpu_direct_notes.md).
+template <typename out_t, typename acc_t, int64_t TW, int64_t NB, int64_t KW, bool CLAMP>
+[[gnu::always_inline]] inline void forward_tile_window(const acc_t* x, int64_t column_step, const acc_t* wt,
                                 int64_t wt_step, const acc_t* bias, out_t* y, int64_t ysw,
-                                const int64_t* row_offsets, int64_t nrows, bool flipped) {
+                                const int64_t* row_offsets, int64_t nrows, bool flipped,
+                                int64_t lo, int64_t hi) {
   constexpr int64_t L = lanes<acc_t>();
   for (int64_t j = 0; j < NB; ++j) {
     vec_t<acc_t> acc[TW];
@@ -363,14 +451,15 @@ inline void forward_tile_window(const acc_t* x, int64_t column_step, const acc_t
 #pragma GCC unroll 16
     for (int64_t i = 0; i < TW; ++i) acc[i] = b;
     for (int64_t r = 0; r < nrows; ++r) {
-      const acc_t* xrow = x + row_offsets[2 * r] + j * L;
+      const acc_t* xc = x + row_offsets[2 * r] + j * L;
       const acc_t* wrow = wt + row_offsets[2 * r + 1] * wt_step + j * L;
       vec_t<acc_t> wv[KW];
 #pragma GCC unroll 8
       for (int64_t k = 0; k < KW; ++k) wv[k] = vload(wrow + (flipped ? KW - 1 - k : k) * wt_step);
 #pragma GCC unroll 32
-      for (int64_t c = 0; c < TW + KW - 1; ++c) {
-        const vec_t<acc_t> xv = vload(xrow + c * column_step);
+      for (int64_t c = 0; c < TW + KW - 1; ++c, xc += column_step) {
+        if (CLAMP && (c < lo || c >= hi)) continue;
+        const vec_t<acc_t> xv = vload(xc);
 #pragma GCC unroll 8
         for (int64_t k = 0; k < KW; ++k)
           if (c - k >= 0 && c - k < TW) acc[c - k] += xv * wv[k];
@@ -386,25 +475,18 @@ inline void forward_tile_window(const acc_t* x, int64_t column_step, const acc_t
 // at the tile's first channel and x at the first column's base. The accumulators stay in
 // registers while every tap streams through them.
 template <typename out_t, typename acc_t, int64_t TW, int64_t NB>
-inline void forward_tile(const acc_t* x, int64_t column_step, const acc_t* wt, int64_t wt_step,
+[[gnu::always_inline]] inline void forward_tile(const acc_t* x, int64_t column_step, const acc_t* wt, int64_t wt_step,
                          const acc_t* bias, out_t* y, int64_t ysw, const int64_t* row_offsets,
                          int64_t nrows, const ColumnTaps& taps) {
-  if constexpr (TW >= 4) {
-    // the window's first column: tap 0's, or the last tap's when flipped (taps without a window
-    // may be none)
-    const acc_t* xw = taps.window ? x + taps.offset[taps.flipped ? taps.count - 1 : 0] : x;
-    switch (taps.window) {
-      case 3:
-        return forward_tile_window<out_t, acc_t, TW, NB, 3>(xw, column_step, wt, wt_step, bias, y,
-                                                            ysw, row_offsets, nrows, taps.flipped);
-      case 5:
-        return forward_tile_window<out_t, acc_t, TW, NB, 5>(xw, column_step, wt, wt_step, bias, y,
-                                                            ysw, row_offsets, nrows, taps.flipped);
-      case 7:
-        return forward_tile_window<out_t, acc_t, TW, NB, 7>(xw, column_step, wt, wt_step, bias, y,
-                                                            ysw, row_offsets, nrows, taps.flipped);
-    }
-  }
+  // the window's first column: tap 0's, or the last tap's when flipped (taps without a window
+  // may be none)
+  const acc_t* xw = taps.window ? x + taps.offset[taps.flipped ? taps.count - 1 : 0] : x;
+  if (with_window<TW>(taps, [&](auto kw, auto clamp) __attribute__((always_inline)) {
+        forward_tile_window<out_t, acc_t, TW, NB, decltype(kw)::value, decltype(clamp)::value>(
+            xw, column_step, wt, wt_step, bias, y, ysw, row_offsets, nrows, taps.flipped, taps.lo,
+            taps.hi);
+      }))
+    return;
   constexpr int64_t L = lanes<acc_t>();
   vec_t<acc_t> acc[TW][NB];
   for (int64_t j = 0; j < NB; ++j) {
@@ -428,40 +510,39 @@ inline void forward_tile(const acc_t* x, int64_t column_step, const acc_t* wt, i
 }
 
 // Forward, channels innermost, multiplier 1: per output row, tiles of output columns x channel
-// vectors through forward_tile (border columns one at a time, with their valid taps only); the
-// channel tail past the last whole vector one value at a time.
+// vectors through forward_tile (see tile_row for the border columns); the channel tail past the
+// last whole vector one value at a time.
 template <typename scalar_t>
 void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t* w,
-                                  const scalar_t* b, scalar_t* y, Strides ys, const Geometry& g) {
+                                  const scalar_t* b, scalar_t* y, Strides ys, const Geometry& g,
+                                  bool flipped = false) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t L = lanes<acc_t>();
-  std::vector<acc_t> wt(g.taps() * g.O), bias(g.O, acc_t(0));
-  for (int64_t o = 0; o < g.O; ++o) {
-    for (int64_t t = 0; t < g.taps(); ++t) wt[t * g.O + o] = static_cast<acc_t>(w[o * g.taps() + t]);
-    if (b) bias[o] = static_cast<acc_t>(b[o]);
-  }
+  constexpr bool converted_rows = !std::is_same_v<scalar_t, acc_t>;
+  const std::vector<acc_t> wt = taps_outer(w, g.O, g.taps(), flipped);
+  std::vector<acc_t> bias(g.O, acc_t(0));
+  for (int64_t o = 0; b && o < g.O; ++o) bias[o] = static_cast<acc_t>(b[o]);
   int64_t first, last;
   interior_columns(g, first, last);
   const int64_t rows = g.N * g.OD * g.OH, blocks = g.O / L;
   // column stride of the rows the tiles read: x's, or the converted rows' (bfloat16/half)
-  const WindowTaps window(g, std::is_same_v<scalar_t, acc_t> ? xs.w : g.C);
+  const int64_t xsw = converted_rows ? g.C : xs.w;
+  const WindowTaps window(g, xsw);
+  const RowBounds bounds{true, g.PW, g.W};
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(2 * g.KD * g.KH), ahead(2 * g.KD * g.KH);
     // bfloat16/half: the input rows converted to acc_t once, not once per tap and pixel
-    ConvertedRows<scalar_t, acc_t> converted(g, !std::is_same_v<scalar_t, acc_t>);
+    ConvertedRows<scalar_t, acc_t> converted(g, converted_rows);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (g.OD * g.OH), od = (r / g.OH) % g.OD, oh = r % g.OH;
       const int64_t nrows = input_rows(g, xs, n, od, oh, offsets.data());
       scalar_t* yrow = y + n * ys.n + od * ys.d + oh * ys.h;
       const acc_t* xr;
-      int64_t xsw;
-      if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        xr = x;
-        xsw = xs.w;
-      } else {
+      if constexpr (converted_rows) {
         converted.convert(x, xs, g, nrows, offsets.data());
         xr = converted.data();
-        xsw = g.C;
+      } else {
+        xr = x;
       }
       auto tile = [&](auto tw, auto nb, int64_t ow, int64_t c0, const ColumnTaps& taps) {
         forward_tile<scalar_t, acc_t, decltype(tw)::value, decltype(nb)::value>(
@@ -470,8 +551,8 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
       };
       if (r + 1 < end) prefetch_new_input_row(x, xs, g, r + 1, ahead.data());
       tile_row(g.OW, first, last, blocks, L, window.all(),
-               [&](int64_t ow) { return window.of_column(ow); }, tile);
-      for (int64_t ow = 0; ow < g.OW; ++ow) {  // the channel tail
+               [&](int64_t ow) { return window.of_column(ow); }, tile, bounds);
+      for (int64_t ow = 0; blocks * L < g.O && ow < g.OW; ++ow) {  // the channel tail
         const ColumnTaps taps = window.of_column(ow);
         for (int64_t o = blocks * L; o < g.O; ++o) {
           acc_t a = bias[o];
@@ -490,10 +571,7 @@ template <typename scalar_t>
 void forward_channels_inner(const scalar_t* x, Strides xs, const scalar_t* w, const scalar_t* b,
                             scalar_t* y, Strides ys, const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
-  // weight as [tap][o]: each tap's weights over the output channels, contiguous
-  std::vector<acc_t> wt(g.taps() * g.O);
-  for (int64_t o = 0; o < g.O; ++o)
-    for (int64_t t = 0; t < g.taps(); ++t) wt[t * g.O + o] = static_cast<acc_t>(w[o * g.taps() + t]);
+  const std::vector<acc_t> wt = taps_outer(w, g.O, g.taps());
   const int64_t rows = g.N * g.OD * g.OH;
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(g.O);
@@ -578,9 +656,7 @@ template <typename scalar_t>
 void input_grad_channels_inner(const scalar_t* dy, Strides dys, const scalar_t* w, scalar_t* dx,
                                Strides dxs, const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
-  std::vector<acc_t> wt(g.taps() * g.O);
-  for (int64_t o = 0; o < g.O; ++o)
-    for (int64_t t = 0; t < g.taps(); ++t) wt[t * g.O + o] = static_cast<acc_t>(w[o * g.taps() + t]);
+  const std::vector<acc_t> wt = taps_outer(w, g.O, g.taps());
   const int64_t rows = g.N * g.D * g.H;
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(g.C);
@@ -699,7 +775,7 @@ void input_grad_row(const acc_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_s
           g.SW * dxsw, offsets, nrows, taps);
     };
     tile_row(phase.columns, phase.first, phase.last, blocks, L, interior, border, tile);
-    for (int64_t j = 0; j < phase.columns; ++j) {  // the channel tail
+    for (int64_t j = 0; blocks * L < channels && j < phase.columns; ++j) {  // the channel tail
       const ColumnTaps taps = border(j);
       for (int64_t c = blocks * L; c < channels; ++c) {
         acc_t a = 0;
@@ -719,9 +795,8 @@ template <typename scalar_t>
 void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const scalar_t* w,
                                       scalar_t* dx, Strides dxs, const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
-  std::vector<acc_t> wt(g.taps() * g.O), zeros(g.O, acc_t(0));
-  for (int64_t o = 0; o < g.O; ++o)
-    for (int64_t t = 0; t < g.taps(); ++t) wt[t * g.O + o] = static_cast<acc_t>(w[o * g.taps() + t]);
+  const std::vector<acc_t> wt = taps_outer(w, g.O, g.taps());
+  const std::vector<acc_t> zeros(g.O, acc_t(0));
   Geometry rows_geometry = g;  // dy's rows: OW columns of C (= O) channels
   rows_geometry.W = g.OW;
   // column stride of the rows the tiles read: dy's, or the converted rows' (bfloat16/half)
@@ -753,13 +828,16 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
 
 // weight_grad_tile for a whole window of KW taps on consecutive columns: input column c of a row
 // meets the output gradients of columns c - kw, so each input vector is loaded once per row for
-// all its taps, and the KW tap sums are independent chains (weight_grad_tile's one sum per tap is
-// a chain of TW dependent multiply-adds). The sums run in weight_grad_tile's order.
-template <typename acc_t, int64_t TW, int64_t NB, int64_t KW>
-inline void weight_grad_tile_window(const acc_t* dy, int64_t dysw, const acc_t* x,
+// all its taps. Each tap's sum is split into P partial sums (over the columns c with c % P == p),
+// as many as the registers hold: one sum per tap made KW chains of TW dependent multiply-adds,
+// and this CPU (2 per cycle, 4 cycles each) waited on every link.
+template <typename acc_t, int64_t TW, int64_t NB, int64_t KW, bool CLAMP>
+[[gnu::always_inline]] inline void weight_grad_tile_window(const acc_t* dy, int64_t dysw, const acc_t* x,
                                     int64_t column_step, acc_t* acc, int64_t acc_step,
-                                    acc_t* bias_acc, const int64_t* row_offsets, int64_t nrows) {
+                                    acc_t* bias_acc, const int64_t* row_offsets, int64_t nrows,
+                                    int64_t lo, int64_t hi) {
   constexpr int64_t L = lanes<acc_t>();
+  constexpr int64_t P = std::max<int64_t>(1, std::min<int64_t>(4, (30 - TW) / KW));
   for (int64_t j = 0; j < NB; ++j) {
     vec_t<acc_t> d[TW], bias_sum{};
 #pragma GCC unroll 16
@@ -769,18 +847,24 @@ inline void weight_grad_tile_window(const acc_t* dy, int64_t dysw, const acc_t* 
     }
     vstore(bias_acc + j * L, vload(bias_acc + j * L) + bias_sum);
     for (int64_t r = 0; r < nrows; ++r) {
-      const acc_t* xrow = x + row_offsets[2 * r] + j * L;
+      const acc_t* xc = x + row_offsets[2 * r] + j * L;
       acc_t* arow = acc + row_offsets[2 * r + 1] * acc_step + j * L;
-      vec_t<acc_t> sum[KW] = {};
+      vec_t<acc_t> sum[P][KW] = {};
 #pragma GCC unroll 32
-      for (int64_t c = 0; c < TW + KW - 1; ++c) {
-        const vec_t<acc_t> xv = vload(xrow + c * column_step);
+      for (int64_t c = 0; c < TW + KW - 1; ++c, xc += column_step) {
+        if (CLAMP && (c < lo || c >= hi)) continue;
+        const vec_t<acc_t> xv = vload(xc);
 #pragma GCC unroll 8
         for (int64_t k = 0; k < KW; ++k)
-          if (c - k >= 0 && c - k < TW) sum[k] += d[c - k] * xv;
+          if (c - k >= 0 && c - k < TW) sum[c % P][k] += d[c - k] * xv;
       }
 #pragma GCC unroll 8
-      for (int64_t k = 0; k < KW; ++k) vstore(arow + k * acc_step, vload(arow + k * acc_step) + sum[k]);
+      for (int64_t k = 0; k < KW; ++k) {
+        vec_t<acc_t> total = sum[0][k];
+#pragma GCC unroll 4
+        for (int64_t p = 1; p < P; ++p) total += sum[p][k];
+        vstore(arow + k * acc_step, vload(arow + k * acc_step) + total);
+      }
     }
   }
 }
@@ -790,22 +874,15 @@ inline void weight_grad_tile_window(const acc_t* dy, int64_t dysw, const acc_t* 
 // multiplied into them and the tap's sum is added to acc ([tap][O]); dy, x, acc and bias_acc at
 // the tile's first channel, x at the first column's base.
 template <typename acc_t, int64_t TW, int64_t NB>
-inline void weight_grad_tile(const acc_t* dy, int64_t dysw, const acc_t* x, int64_t column_step,
+[[gnu::always_inline]] inline void weight_grad_tile(const acc_t* dy, int64_t dysw, const acc_t* x, int64_t column_step,
                              acc_t* acc, int64_t acc_step, acc_t* bias_acc,
                              const int64_t* row_offsets, int64_t nrows, const ColumnTaps& taps) {
-  if constexpr (TW >= 4) {
-    switch (taps.window) {
-      case 3:
-        return weight_grad_tile_window<acc_t, TW, NB, 3>(dy, dysw, x, column_step, acc, acc_step,
-                                                         bias_acc, row_offsets, nrows);
-      case 5:
-        return weight_grad_tile_window<acc_t, TW, NB, 5>(dy, dysw, x, column_step, acc, acc_step,
-                                                         bias_acc, row_offsets, nrows);
-      case 7:
-        return weight_grad_tile_window<acc_t, TW, NB, 7>(dy, dysw, x, column_step, acc, acc_step,
-                                                         bias_acc, row_offsets, nrows);
-    }
-  }
+  if (with_window<TW>(taps, [&](auto kw, auto clamp) __attribute__((always_inline)) {
+        weight_grad_tile_window<acc_t, TW, NB, decltype(kw)::value, decltype(clamp)::value>(
+            dy, dysw, x, column_step, acc, acc_step, bias_acc, row_offsets, nrows, taps.lo,
+            taps.hi);
+      }))
+    return;
   constexpr int64_t L = lanes<acc_t>();
   vec_t<acc_t> d[TW][NB];
   for (int64_t j = 0; j < NB; ++j) {
@@ -847,7 +924,9 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
   interior_columns(g, first, last);
   const int64_t stride = (taps + 1) * g.O;  // per chunk: [tap][channel], then the bias
   std::vector<acc_t> partial(chunks * stride, acc_t(0));
-  const WindowTaps window(g, std::is_same_v<scalar_t, acc_t> ? xs.w : g.C);
+  const int64_t xsw = std::is_same_v<scalar_t, acc_t> ? xs.w : g.C;
+  const WindowTaps window(g, xsw);
+  const RowBounds bounds{true, g.PW, g.W};
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(2 * g.KD * g.KH), ahead(2 * g.KD * g.KH);
     ConvertedRows<scalar_t, acc_t> converted(g, !std::is_same_v<scalar_t, acc_t>);
@@ -869,10 +948,9 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
           }
         }
         const acc_t *xr, *dyr;
-        int64_t xsw, dysw;
+        int64_t dysw;
         if constexpr (std::is_same_v<scalar_t, acc_t>) {
           xr = x;
-          xsw = xs.w;
           dyr = dyrow;
           dysw = dys.w;
         } else {  // bfloat16/half: convert the rows once, not once per tap
@@ -880,7 +958,6 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
           for (int64_t ow = 0; ow < g.OW; ++ow)
             convert_span(dyrow + ow * dys.w, dy_converted.data() + ow * g.O, g.O);
           xr = converted.data();
-          xsw = g.C;
           dyr = dy_converted.data();
           dysw = g.O;
         }
@@ -890,8 +967,8 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
               acc + c0, g.O, bias_acc + c0, offsets.data(), nrows, column_taps);
         };
         tile_row(g.OW, first, last, blocks, L, window.all(),
-                 [&](int64_t ow) { return window.of_column(ow); }, tile);
-        for (int64_t ow = 0; ow < g.OW; ++ow) {  // the channel tail
+                 [&](int64_t ow) { return window.of_column(ow); }, tile, bounds);
+        for (int64_t ow = 0; blocks * L < g.O && ow < g.OW; ++ow) {  // the channel tail
           const ColumnTaps column_taps = window.of_column(ow);
           const acc_t* dyp = dyr + ow * dysw;
           for (int64_t o = blocks * L; o < g.O; ++o) bias_acc[o] += dyp[o];
@@ -906,14 +983,18 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
       }
     }
   });
-  for (int64_t o = 0; o < g.O; ++o) {
+  over_channel_blocks(g.O, chunks * (taps + 1), [&](int64_t o0, int64_t o1) {
+    acc_t sum[kChannelBlock];
     for (int64_t t = 0; t <= taps; ++t) {
-      acc_t sum = 0;
-      for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[chunk * stride + t * g.O + o];
-      if (t < taps && dw) dw[o * taps + t] = static_cast<scalar_t>(sum);
-      if (t == taps && db) db[o] = static_cast<scalar_t>(sum);
+      for (int64_t o = o0; o < o1; ++o) sum[o - o0] = 0;
+      for (int64_t chunk = 0; chunk < chunks; ++chunk)
+        for (int64_t o = o0; o < o1; ++o) sum[o - o0] += partial[chunk * stride + t * g.O + o];
+      for (int64_t o = o0; o < o1; ++o) {
+        if (t < taps && dw) dw[o * taps + t] = static_cast<scalar_t>(sum[o - o0]);
+        if (t == taps && db) db[o] = static_cast<scalar_t>(sum[o - o0]);
+      }
     }
-  }
+  });
 }
 
 template <typename scalar_t>
@@ -1749,15 +1830,21 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
                          dx + n * dxs.n + c0 * dxs.c, dxs);
     }
   });
-  for (int64_t c = 0; c < g.C && (dw || db); ++c) {
-    const int64_t group = c / L, lane = c % L;
+  if (!dw && !db) return;
+  over_channel_blocks(g.C, g.N * (taps + 1), [&](int64_t c0, int64_t c1) {
+    const int64_t group = c0 / L;  // blocks of L channels: one group each
+    acc_t sum[kChannelBlock];
     for (int64_t t = 0; t <= taps; ++t) {
-      acc_t sum = 0;
-      for (int64_t n = 0; n < g.N; ++n) sum += partial[(n * groups + group) * sums + t * L + lane];
-      if (t < taps && dw) dw[c * taps + t] = static_cast<scalar_t>(sum);
-      if (t == taps && db) db[c] = static_cast<scalar_t>(sum);
+      for (int64_t c = c0; c < c1; ++c) sum[c - c0] = 0;
+      for (int64_t n = 0; n < g.N; ++n)
+        for (int64_t c = c0; c < c1; ++c)
+          sum[c - c0] += partial[(n * groups + group) * sums + t * L + c - c0];
+      for (int64_t c = c0; c < c1; ++c) {
+        if (t < taps && dw) dw[c * taps + t] = static_cast<scalar_t>(sum[c - c0]);
+        if (t == taps && db) db[c] = static_cast<scalar_t>(sum[c - c0]);
+      }
     }
-  }
+  }, L);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1828,11 +1915,10 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor
     scalar_t* dbp = db.defined() ? db.mutable_data_ptr<scalar_t>() : nullptr;
     if (channels_inner(x)) {
       if (dx.defined() && g.M == 1 && g.SD == 1 && g.SH == 1 && g.SW == 1) {
-        const at::Tensor flipped = w.flip({2, 3, 4}).contiguous();
         forward_channels_inner_tiled<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy),
-                                               flipped.const_data_ptr<scalar_t>(), nullptr,
+                                               w.const_data_ptr<scalar_t>(), nullptr,
                                                dx.mutable_data_ptr<scalar_t>(), Strides(dx),
-                                               input_grad_as_forward(g));
+                                               input_grad_as_forward(g), /*flipped=*/true);
       } else if (dx.defined() && g.M == 1) {
         input_grad_channels_inner_phases<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy),
                                                    w.const_data_ptr<scalar_t>(),
