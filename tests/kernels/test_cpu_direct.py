@@ -31,6 +31,9 @@ DEPTHWISE_CASES = [case for case in CASES if case[2] == 1] + [
     (2, 4, 1, 1, (31, 31), 1, 15, 1, (33, 35)),
     (2, 3, 1, 2, (13, 1), (1, 2), (6, 0), 1, (17, 7)),
     (2, 5, 1, 1, (7, 7), 2, 3, 1, (13, 13)),
+    # whole channel vectors (16 float64 channels) with windows wider than the window tiles
+    (2, 16, 1, 1, (13, 13), 1, 6, 1, (15, 20)),
+    (2, 16, 1, 1, (3, 11), 1, (1, 5), 1, (9, 24)),
     (3, 3, 1, 3, (3, 3, 3), 2, "valid", 1, (7, 7, 7)),
     # NCHW with a channel multiplier at stride 1 (the whole-plane loops), and multiplier 1 above
     # 56x56 (channel blocks with whole and short 16-column transposes)

@@ -359,6 +359,9 @@ inline void tile_columns(int64_t begin, int64_t end, int64_t c0, const ColumnTap
   if constexpr (TW > 1) tile_columns<NB, TW / 2>(column, end, c0, taps, tile);
 }
 
+// The window widths with window tiles (forward_tile_window, weight_grad_tile_window).
+constexpr bool has_window_tiles(int64_t width) { return width == 3 || width == 5 || width == 7; }
+
 // Where the rows the tiles read begin and end, for window tiles that reach past them: output
 // column ow's window column c reads row column ow - pad + c (stride 1), inside iff in [0, width).
 // Not known for the channel blocks' zero-padded rows: there the interior in window tiles, the
@@ -390,7 +393,7 @@ inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t block
   };
   auto group = [&](auto nb, int64_t c0) {
     constexpr int64_t NB = decltype(nb)::value;
-    if (interior.window >= 5 && bounds.known) {
+    if (interior.window >= 5 && has_window_tiles(interior.window) && bounds.known) {
       int64_t column = 0;
       windows(nb, constant<16 / NB>{}, column, c0);
       if constexpr (NB == 1) windows(nb, constant<8>{}, column, c0);
