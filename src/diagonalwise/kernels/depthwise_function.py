@@ -22,6 +22,7 @@ and ``jacfwd`` (the vmapped dimension folded into the channels: one call instead
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -163,6 +164,9 @@ def differentiable(forward_op, backward_op) -> Callable[..., torch.Tensor]:
                     x.shape[0], -1, *ctx.output_size))
             return sum(terms[1:], terms[0])
 
+    # apply() binds its arguments to forward's signature on every call (setup_context style):
+    # computed once here, not by inspect on each call (about 30 us a call otherwise)
+    DepthwiseConv.forward.__signature__ = inspect.signature(DepthwiseConv.forward)
     _register_fake_kernels(forward_op, backward_op)
     forward_op.register_autograd(gradients, setup_context=setup_context)
     _register_batching_rule(forward_op)
