@@ -5,14 +5,18 @@ lower precisions; and the path where the kernels cannot be built."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import diagonalwise as dw
 from diagonalwise.call import ConvCall
 from diagonalwise.kernels import cpu_ops
+from diagonalwise.kernels.depthwise_function import _plain_eager
 from tests.equivalence import (
     CASES,
     LAYOUTS,
@@ -285,6 +289,45 @@ def test_inf_in_the_input_reaches_only_the_weight_gradients_native_puts_it_in(la
     assert torch.equal(ours.isfinite(), native.isfinite())
     channel = 2 * multiplier  # the first output channel of input channel 2
     assert native[channel, 0, :, 0].isfinite().all() and not native[channel].isfinite().all()
+
+
+class _PassThrough(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def test_plain_eager_calls_alone_skip_the_custom_ops():
+    """Plain eager calls run the kernels directly; anything the ops' registrations serve (a
+    functorch transform, forward AD, a dispatch mode, a tensor subclass) goes through the ops."""
+    x, weight = torch.randn(1, 4, 5, 5), torch.nn.Parameter(torch.randn(4, 1, 3, 3))
+    assert _plain_eager(x, weight, None)
+    seen = []
+    torch.func.vmap(lambda x: seen.append(_plain_eager(x, weight, None)) or x)(x)
+    with torch.autograd.forward_ad.dual_level():
+        seen.append(_plain_eager(x, weight, None))
+    with _PassThrough():
+        seen.append(_plain_eager(x, weight, None))
+
+    class Subclass(torch.Tensor):
+        pass
+
+    seen.append(_plain_eager(x.as_subclass(Subclass), weight, None))
+    assert seen == [False] * 4
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_eager_path_and_the_custom_ops_give_the_same_bits(layout):
+    x, weight, bias = make_operands(2, 2, 16, 1, 1, (3, 3), (9, 11), True, layout,
+                                    dtype=torch.float32)
+    dy = torch.randn(2, 16, 9, 11)
+    results = []
+    for mode in (contextlib.nullcontext(), _PassThrough()):
+        with mode:
+            inputs = [t.detach().requires_grad_() for t in (x, weight, bias)]
+            out = dw.conv2d(*inputs, 1, 1, 1, 16, algorithm="cpu_direct")
+            results.append((out, *torch.autograd.grad(out, inputs, dy)))
+    for eager, op in zip(*results):
+        assert torch.equal(eager, op)
 
 
 @pytest.mark.parametrize("dims, layout, multiplier", [

@@ -89,11 +89,21 @@ def _extension():
     return extension
 
 
+def _kernel_forward(x, weight, bias, stride, padding, dilation, output_size):
+    return _extension().forward(x, weight, bias, stride, padding, dilation, output_size)
+
+
+def _kernel_backward(grad_output, x, weight, stride, padding, dilation, input_grad, weight_grad,
+                     bias_grad):
+    return _extension().backward(grad_output, x, weight, stride, padding, dilation, input_grad,
+                                 weight_grad, bias_grad)
+
+
 @torch.library.custom_op("diagonalwise::cpu_depthwise3d", mutates_args=())
 def _depthwise3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  stride: list[int], padding: list[int], dilation: list[int],
                  output_size: list[int]) -> torch.Tensor:
-    return _extension().forward(x, weight, bias, stride, padding, dilation, output_size)
+    return _kernel_forward(x, weight, bias, stride, padding, dilation, output_size)
 
 
 @torch.library.custom_op("diagonalwise::cpu_depthwise3d_backward", mutates_args=())
@@ -101,15 +111,15 @@ def _depthwise3d_backward(grad_output: torch.Tensor, x: torch.Tensor, weight: to
                           stride: list[int], padding: list[int], dilation: list[int],
                           input_grad: bool, weight_grad: bool, bias_grad: bool
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dx, dw, db = _extension().backward(grad_output, x, weight, stride, padding, dilation,
-                                       input_grad, weight_grad, bias_grad)
+    dx, dw, db = _kernel_backward(grad_output, x, weight, stride, padding, dilation, input_grad,
+                                  weight_grad, bias_grad)
     # the op returns three tensors always; the ones not asked for are empty (and distinct: the
     # outputs of a custom op may not alias each other)
     return (dx if input_grad else x.new_empty(0), dw if weight_grad else x.new_empty(0),
             db if bias_grad else x.new_empty(0))
 
 
-_depthwise = differentiable(_depthwise3d, _depthwise3d_backward)
+_depthwise = differentiable(_depthwise3d, _depthwise3d_backward, _kernel_forward, _kernel_backward)
 
 
 def cpu_depthwise_conv(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -99,9 +99,23 @@ def _register_fake_kernels(forward_op, backward_op) -> None:
                 x.new_empty(weight.shape[0]) if bias_grad else x.new_empty(0))
 
 
-def differentiable(forward_op, backward_op) -> Callable[..., torch.Tensor]:
+def _plain_eager(*tensors: torch.Tensor | None) -> bool:
+    """Whether a call may skip the custom ops: eager, on plain tensors (or parameters), outside
+    every transform, dispatch mode and forward-AD level that the ops' registrations serve."""
+    return (not torch.compiler.is_compiling()
+            and all(t is None or type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
+            and not torch._C._are_functorch_transforms_active()
+            and torch.autograd.forward_ad._current_level < 0
+            and torch.utils._python_dispatch._get_current_dispatch_mode() is None)
+
+
+def differentiable(forward_op, backward_op, eager_forward=None,
+                   eager_backward=None) -> Callable[..., torch.Tensor]:
     """``call(x5, weight5, bias, stride, padding, dilation, output_size) -> y5``: the custom ops
-    with reverse- and forward-mode derivatives (see the module's contract)."""
+    with reverse- and forward-mode derivatives (see the module's contract). ``eager_forward`` and
+    ``eager_backward``, the kernels the ops wrap (same signatures), serve plain eager calls
+    directly: through the ops' Python dispatch a call cost 30 us warm and several hundred after
+    the caches were cleared by other layers (benchmarks/cpu_direct_notes.md, v9)."""
 
     def setup_context(ctx, inputs, output):
         x, weight, bias, stride, padding, dilation, output_size = inputs
@@ -171,9 +185,33 @@ def differentiable(forward_op, backward_op) -> Callable[..., torch.Tensor]:
     forward_op.register_autograd(gradients, setup_context=setup_context)
     _register_batching_rule(forward_op)
 
+    class EagerDepthwiseConv(torch.autograd.Function):
+        """The same derivatives for plain eager calls, without the ops' dispatch (an old-style
+        forward: apply binds no signature)."""
+
+        @staticmethod
+        def forward(ctx, x, weight, bias, stride, padding, dilation, output_size):
+            setup_context(ctx, (x, weight, bias, stride, padding, dilation, output_size), None)
+            return eager_forward(x, weight, bias, stride, padding, dilation, output_size)
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            if torch.is_grad_enabled():
+                return differentiable_gradients(ctx, grad_output)
+            x, weight = ctx.saved_tensors
+            needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+            needs_bias = needs_bias and ctx.has_bias
+            dx, dw, db = eager_backward(grad_output, x, weight, *ctx.geometry, needs_input,
+                                        needs_weight, needs_bias)
+            return (dx if needs_input else None, dw if needs_weight else None,
+                    db if needs_bias else None, None, None, None, None)
+
     def call(x, weight, bias, stride, padding, dilation, output_size):
         if torch.compiler.is_compiling():
             return forward_op(x, weight, bias, stride, padding, dilation, output_size)
+        if eager_forward is not None and _plain_eager(x, weight, bias):
+            return EagerDepthwiseConv.apply(x, weight, bias, stride, padding, dilation,
+                                            output_size)
         return DepthwiseConv.apply(x, weight, bias, stride, padding, dilation, output_size)
 
     return call
