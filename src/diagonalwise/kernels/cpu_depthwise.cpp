@@ -139,7 +139,8 @@ template <typename Body>
 void over_channel_blocks(int64_t channels, int64_t work_per_channel, const Body& body,
                          int64_t block = kChannelBlock) {
   const int64_t blocks = (channels + block - 1) / block;
-  const int64_t grain = std::max<int64_t>(1, 16384 / (block * std::max<int64_t>(1, work_per_channel)));
+  const int64_t grain =
+      std::max<int64_t>(1, 16384 / (block * std::max<int64_t>(1, work_per_channel)));
   at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) body(b * block, std::min(channels, (b + 1) * block));
   });
@@ -376,8 +377,9 @@ struct RowBounds {
 // which the prefetcher follows. With windows of 5 or 7 taps and known bounds, every column in
 // window tiles (16 / NB wide, then halves), the ones that reach past the row's ends skipping the
 // columns outside: there a border column alone costs as much as a tile (v9: 5x5 and 7x7 layers
-// 1.1x-2.2x; 3x3 layers, with one border column a side, no faster); otherwise the interior columns [first, last) in tiles with `interior` taps and each other
-// column alone with border(column)'s.
+// 1.1x-2.2x; 3x3 layers, with one border column a side, no faster); otherwise the interior
+// columns [first, last) in tiles with `interior` taps and each other column alone with
+// border(column)'s.
 template <typename Border, typename Tile>
 inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t blocks, int64_t lanes,
                      const ColumnTaps& interior, const Border& border, const Tile& tile,
@@ -419,7 +421,8 @@ inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t block
 // Calls window_tile(KW, CLAMP) (std::integral_constant) for window taps of 3, 5 or 7 columns,
 // CLAMP where the tile's window reaches past the row (taps.lo, taps.hi); false for other taps.
 template <int64_t TW, typename WindowTile>
-[[gnu::always_inline]] inline bool with_window(const ColumnTaps& taps, const WindowTile& window_tile) {
+[[gnu::always_inline]] inline bool with_window(const ColumnTaps& taps,
+                                               const WindowTile& window_tile) {
   auto call = [&](auto kw) __attribute__((always_inline)) {
     constexpr int64_t KW = decltype(kw)::value;
     if (taps.lo > 0 || taps.hi < TW + KW - 1)
@@ -443,10 +446,10 @@ template <int64_t TW, typename WindowTile>
 // vector at a time: taking the NB vectors of a column together (more independent sums) was
 // 4-9% faster on 7x7 planes but 12-16% slower on 28x28 and 56x56 (v9 in cpu_direct_notes.md).
 template <typename out_t, typename acc_t, int64_t TW, int64_t NB, int64_t KW, bool CLAMP>
-[[gnu::always_inline]] inline void forward_tile_window(const acc_t* x, int64_t column_step, const acc_t* wt,
-                                int64_t wt_step, const acc_t* bias, out_t* y, int64_t ysw,
-                                const int64_t* row_offsets, int64_t nrows, bool flipped,
-                                int64_t lo, int64_t hi) {
+[[gnu::always_inline]] inline void forward_tile_window(
+    const acc_t* x, int64_t column_step, const acc_t* wt, int64_t wt_step, const acc_t* bias,
+    out_t* y, int64_t ysw, const int64_t* row_offsets, int64_t nrows, bool flipped, int64_t lo,
+    int64_t hi) {
   constexpr int64_t L = lanes<acc_t>();
   for (int64_t j = 0; j < NB; ++j) {
     vec_t<acc_t> acc[TW];
@@ -478,9 +481,9 @@ template <typename out_t, typename acc_t, int64_t TW, int64_t NB, int64_t KW, bo
 // at the tile's first channel and x at the first column's base. The accumulators stay in
 // registers while every tap streams through them.
 template <typename out_t, typename acc_t, int64_t TW, int64_t NB>
-[[gnu::always_inline]] inline void forward_tile(const acc_t* x, int64_t column_step, const acc_t* wt, int64_t wt_step,
-                         const acc_t* bias, out_t* y, int64_t ysw, const int64_t* row_offsets,
-                         int64_t nrows, const ColumnTaps& taps) {
+[[gnu::always_inline]] inline void forward_tile(
+    const acc_t* x, int64_t column_step, const acc_t* wt, int64_t wt_step, const acc_t* bias,
+    out_t* y, int64_t ysw, const int64_t* row_offsets, int64_t nrows, const ColumnTaps& taps) {
   // the window's first column: tap 0's, or the last tap's when flipped (taps without a window
   // may be none)
   const acc_t* xw = taps.window ? x + taps.offset[taps.flipped ? taps.count - 1 : 0] : x;
@@ -835,10 +838,10 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
 // as many as the registers hold: one sum per tap made KW chains of TW dependent multiply-adds,
 // and this CPU (2 per cycle, 4 cycles each) waited on every link.
 template <typename acc_t, int64_t TW, int64_t NB, int64_t KW, bool CLAMP>
-[[gnu::always_inline]] inline void weight_grad_tile_window(const acc_t* dy, int64_t dysw, const acc_t* x,
-                                    int64_t column_step, acc_t* acc, int64_t acc_step,
-                                    acc_t* bias_acc, const int64_t* row_offsets, int64_t nrows,
-                                    int64_t lo, int64_t hi) {
+[[gnu::always_inline]] inline void weight_grad_tile_window(
+    const acc_t* dy, int64_t dysw, const acc_t* x, int64_t column_step, acc_t* acc,
+    int64_t acc_step, acc_t* bias_acc, const int64_t* row_offsets, int64_t nrows, int64_t lo,
+    int64_t hi) {
   constexpr int64_t L = lanes<acc_t>();
   constexpr int64_t P = std::max<int64_t>(1, std::min<int64_t>(4, (30 - TW) / KW));
   for (int64_t j = 0; j < NB; ++j) {
@@ -877,9 +880,10 @@ template <typename acc_t, int64_t TW, int64_t NB, int64_t KW, bool CLAMP>
 // multiplied into them and the tap's sum is added to acc ([tap][O]); dy, x, acc and bias_acc at
 // the tile's first channel, x at the first column's base.
 template <typename acc_t, int64_t TW, int64_t NB>
-[[gnu::always_inline]] inline void weight_grad_tile(const acc_t* dy, int64_t dysw, const acc_t* x, int64_t column_step,
-                             acc_t* acc, int64_t acc_step, acc_t* bias_acc,
-                             const int64_t* row_offsets, int64_t nrows, const ColumnTaps& taps) {
+[[gnu::always_inline]] inline void weight_grad_tile(
+    const acc_t* dy, int64_t dysw, const acc_t* x, int64_t column_step, acc_t* acc,
+    int64_t acc_step, acc_t* bias_acc, const int64_t* row_offsets, int64_t nrows,
+    const ColumnTaps& taps) {
   if (with_window<TW>(taps, [&](auto kw, auto clamp) __attribute__((always_inline)) {
         weight_grad_tile_window<acc_t, TW, NB, decltype(kw)::value, decltype(clamp)::value>(
             dy, dysw, x, column_step, acc, acc_step, bias_acc, row_offsets, nrows, taps.lo,
