@@ -235,26 +235,73 @@ inline int64_t input_rows(const Geometry& g, const Strides& xs, int64_t n, int64
   return count;
 }
 
-// A dense span of memory into the caches (prefetch hints: no fault, no effect on results).
-template <typename T>
-inline void prefetch(const T* p, int64_t count) {
-  const char* bytes = reinterpret_cast<const char*>(p);
-  for (int64_t i = 0; i < count * static_cast<int64_t>(sizeof(T)); i += 64)
-    __builtin_prefetch(bytes + i, 0, 2);
+// input_rows of output row r of the channels-inner order (the rows of (n, od, oh)).
+inline int64_t input_rows_of(const Geometry& g, const Strides& xs, int64_t r, int64_t* offsets) {
+  return input_rows(g, xs, r / (g.OD * g.OH), (r / g.OH) % g.OD, r % g.OH, offsets);
 }
 
-// Ahead of output row r (n, od, oh) of the channels-inner order, the input rows it reads that
-// the row before it did not (its last SH input rows), when the row's pixels are dense. The
-// hardware prefetcher alone left the tiled kernels waiting on memory (measured: 16x128x56x56,
-// forward 3.2 ms without, 2.0 ms with). `scratch` holds 2 * KD * KH offsets.
-template <typename scalar_t>
-inline void prefetch_new_input_row(const scalar_t* x, const Strides& xs, const Geometry& g,
-                                   int64_t r, int64_t* scratch) {
-  if (xs.w != g.C) return;
-  const int64_t count = input_rows(g, xs, r / (g.OD * g.OH), (r / g.OH) % g.OD, r % g.OH, scratch);
-  for (int64_t k = std::max<int64_t>(0, count - g.SH); k < count; ++k)
-    prefetch(x + scratch[2 * k], g.W * g.C);
+// A dense span of memory into the caches (prefetch hints: no fault, no effect on results): rows
+// that the next tiles read into L1 (into L2 only, the strided channels_last forwards were 1.14x
+// slower, v10); the channel blocks' whole volumes into L1 where they fit in 32 KB (10x10 and
+// 20x20 planes 1.1x-1.2x), else into L2 (into L1: weight gradient 0.9x on 112x112 planes). On x86 as asm statements: GCC -O3 once dropped every __builtin_prefetch of
+// this file after a change elsewhere in it (v10).
+template <bool ToL1, typename T>
+inline void prefetch(const T* p, int64_t count) {
+  const char* bytes = reinterpret_cast<const char*>(p);
+  for (int64_t i = 0; i < count * static_cast<int64_t>(sizeof(T)); i += 64) {
+#if defined(__x86_64__) || defined(__i386__)
+    if constexpr (ToL1)
+      asm volatile("prefetcht0 %0" : : "m"(bytes[i]));
+    else
+      asm volatile("prefetcht1 %0" : : "m"(bytes[i]));
+#else
+    __builtin_prefetch(bytes + i, 0, ToL1 ? 3 : 2);
+#endif
+  }
 }
+
+// Rows to prefetch, by column spans. The forward and the weight gradient prefetch the rows that
+// the next row reads and the current one does not, a tile at a time (each tile of the current row
+// takes its span of their columns), so memory streams while the row computes: whole rows at a
+// row's start, as up to v9, stalled the core once its outstanding misses were full, memory and
+// arithmetic taking turns (strided channels_last forwards at 0.6x-0.7x native; v10 in
+// cpu_direct_notes.md). The input gradient prefetches its row's new dy rows whole at the row's
+// start: from its tiles, the call made their code slower (stride 2: 0.7x). Without prefetches the
+// hardware prefetcher alone left the tiles waiting (16x128x56x56 forward 3.2 ms, 2.0 ms with; v6).
+template <typename T>
+class PrefetchRows {
+ public:
+  PrefetchRows(const T* data, int64_t column_stride, int64_t columns)
+      : data_(data), column_stride_(column_stride), columns_(columns) {}
+
+  // The rows (pairs: offset, first tap; as input_rows/receiving_rows give them) that are not
+  // among `read` (the rows of the row before them).
+  void set(const int64_t* rows, int64_t count, const int64_t* read, int64_t read_count) {
+    rows_.clear();
+    for (int64_t k = 0; k < count; ++k) {
+      bool known = false;
+      for (int64_t j = 0; j < read_count; ++j) known |= read[2 * j] == rows[2 * k];
+      if (!known) rows_.push_back(rows[2 * k]);
+    }
+  }
+
+  void clear() { rows_.clear(); }
+  void add(int64_t offset) { rows_.push_back(offset); }
+
+  // Columns [begin, end) (clipped to the rows) of channels [c0, c0 + channels) of the rows.
+  void prefetch_columns(int64_t begin, int64_t end, int64_t c0, int64_t channels) const {
+    begin = std::max<int64_t>(0, begin);
+    end = std::min(end, columns_);
+    for (const int64_t row : rows_)
+      for (int64_t column = begin; column < end; ++column)
+        prefetch<true>(data_ + row + column * column_stride_ + c0, channels);
+  }
+
+ private:
+  const T* data_;
+  int64_t column_stride_, columns_;
+  std::vector<int64_t> rows_;
+};
 
 // `count` elements to acc_t. bfloat16 is the top half of a float, so its conversion is a shift
 // of the raw bits, which the compiler vectorizes (c10's conversion operator it does not).
@@ -554,12 +601,17 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
   const WindowTaps window(g, xsw);
   const RowBounds bounds{true, g.PW, g.W};
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> offsets(2 * g.KD * g.KH), ahead(2 * g.KD * g.KH);
+    std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KD * g.KH);
     // bfloat16/half: the input rows converted to acc_t once, not once per tap and pixel
     ConvertedRows<scalar_t, acc_t> converted(g, converted_rows);
+    PrefetchRows<scalar_t> ahead(x, xs.w, g.W);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (g.OD * g.OH), od = (r / g.OH) % g.OD, oh = r % g.OH;
       const int64_t nrows = input_rows(g, xs, n, od, oh, offsets.data());
+      ahead.clear();
+      if (r + 1 < end)
+        ahead.set(scratch.data(), input_rows_of(g, xs, r + 1, scratch.data()), offsets.data(),
+                  nrows);
       scalar_t* yrow = y + n * ys.n + od * ys.d + oh * ys.h;
       const acc_t* xr;
       if constexpr (converted_rows) {
@@ -569,11 +621,13 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
         xr = x;
       }
       auto tile = [&](auto tw, auto nb, int64_t ow, int64_t c0, const ColumnTaps& taps) {
-        forward_tile<scalar_t, acc_t, decltype(tw)::value, decltype(nb)::value>(
+        constexpr int64_t TW = decltype(tw)::value, NB = decltype(nb)::value;
+        ahead.prefetch_columns(ow * g.SW - g.PW, ow + TW == g.OW ? g.W : (ow + TW) * g.SW - g.PW,
+                               c0, NB * L);
+        forward_tile<scalar_t, acc_t, TW, NB>(
             xr + (ow * g.SW - g.PW) * xsw + c0, g.SW * xsw, wt.data() + c0, g.O,
             bias.data() + c0, yrow + ow * ys.w + c0, ys.w, offsets.data(), nrows, taps);
       };
-      if (r + 1 < end) prefetch_new_input_row(x, xs, g, r + 1, ahead.data());
       tile_row(g.OW, first, last, blocks, L, window.all(),
                [&](int64_t ow) { return window.of_column(ow); }, tile, bounds);
       for (int64_t ow = 0; blocks * L < g.O && ow < g.OW; ++ow) {  // the channel tail
@@ -827,16 +881,18 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
   const int64_t dysw = std::is_same_v<scalar_t, acc_t> ? dys.w : g.O;
   const std::vector<ColumnPhase> phases = column_phases(g, dysw);
   at::parallel_for(0, g.N * g.D * g.H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KW);
+    std::vector<int64_t> offsets(2 * g.KD * g.KH), previous(2 * g.KD * g.KH), scratch(2 * g.KW);
     ConvertedRows<scalar_t, acc_t> converted(rows_geometry, !std::is_same_v<scalar_t, acc_t>);
+    PrefetchRows<scalar_t> ahead(dy, dys.w, g.OW);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (g.D * g.H), id = (r / g.H) % g.D, ih = r % g.H;
-      if (r + 1 < end && dys.w == g.O) {  // the next input row's last dy row, as in the forward
-        const int64_t count = receiving_rows(g, dys, (r + 1) / (g.D * g.H), ((r + 1) / g.H) % g.D,
-                                             (r + 1) % g.H, offsets.data());
-        if (count > 0) prefetch(dy + offsets[2 * (count - 1)], g.OW * g.O);
-      }
       const int64_t nrows = receiving_rows(g, dys, n, id, ih, offsets.data());
+      ahead.clear();
+      if (const int64_t r0 = r - 1; r0 >= begin)
+        ahead.set(offsets.data(), nrows, previous.data(),
+                  receiving_rows(g, dys, r0 / (g.D * g.H), (r0 / g.H) % g.D, r0 % g.H,
+                                 previous.data()));
+      ahead.prefetch_columns(0, g.OW, 0, g.O);
       const acc_t* dyr;
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
         dyr = dy;
@@ -953,9 +1009,10 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
   const WindowTaps window(g, xsw);
   const RowBounds bounds{true, g.PW, g.W};
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> offsets(2 * g.KD * g.KH), ahead(2 * g.KD * g.KH);
+    std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KD * g.KH);
     ConvertedRows<scalar_t, acc_t> converted(g, !std::is_same_v<scalar_t, acc_t>);
     std::vector<acc_t> dy_converted(std::is_same_v<scalar_t, acc_t> ? 0 : g.OW * g.O);
+    PrefetchRows<scalar_t> x_ahead(x, xs.w, g.W), dy_ahead(dy, dys.w, g.OW);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       acc_t* acc = partial.data() + chunk * stride;
       acc_t* bias_acc = acc + taps * g.O;
@@ -963,14 +1020,12 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
         const int64_t n = r / (g.OD * g.OH), od = (r / g.OH) % g.OD, oh = r % g.OH;
         const int64_t nrows = input_rows(g, xs, n, od, oh, offsets.data());
         const scalar_t* dyrow = dy + n * dys.n + od * dys.d + oh * dys.h;
-        const int64_t chunk_end = (chunk + 1) * rows / chunks;
-        if (r + 1 < chunk_end) {
-          prefetch_new_input_row(x, xs, g, r + 1, ahead.data());
-          if (dys.w == g.O) {
-            const int64_t r1 = r + 1;
-            prefetch(dy + r1 / (g.OD * g.OH) * dys.n + (r1 / g.OH) % g.OD * dys.d + r1 % g.OH * dys.h,
-                     g.OW * g.O);
-          }
+        x_ahead.clear();
+        dy_ahead.clear();
+        if (const int64_t r1 = r + 1; r1 < (chunk + 1) * rows / chunks) {
+          x_ahead.set(scratch.data(), input_rows_of(g, xs, r1, scratch.data()), offsets.data(),
+                      nrows);
+          dy_ahead.add(r1 / (g.OD * g.OH) * dys.n + (r1 / g.OH) % g.OD * dys.d + r1 % g.OH * dys.h);
         }
         const acc_t *xr, *dyr;
         int64_t dysw;
@@ -987,7 +1042,12 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
           dysw = g.O;
         }
         auto tile = [&](auto tw, auto nb, int64_t ow, int64_t c0, const ColumnTaps& column_taps) {
-          weight_grad_tile<acc_t, decltype(tw)::value, decltype(nb)::value>(
+          constexpr int64_t TW = decltype(tw)::value, NB = decltype(nb)::value;
+          const bool row_end = ow + TW == g.OW;
+          x_ahead.prefetch_columns(ow * g.SW - g.PW, row_end ? g.W : (ow + TW) * g.SW - g.PW, c0,
+                                   NB * L);
+          dy_ahead.prefetch_columns(ow, row_end ? g.OW : ow + TW, c0, NB * L);
+          weight_grad_tile<acc_t, TW, NB>(
               dyr + ow * dysw + c0, dysw, xr + (ow * g.SW - g.PW) * xsw + c0, g.SW * xsw,
               acc + c0, g.O, bias_acc + c0, offsets.data(), nrows, column_taps);
         };
@@ -1710,7 +1770,14 @@ template <typename scalar_t>
 inline void prefetch_block(const scalar_t* v, const Strides& s, int64_t count, int64_t D,
                            int64_t H, int64_t W) {
   if (s.w != 1 || s.h != W || s.d != H * W) return;
-  for (int64_t c = 0; c < count; ++c) prefetch(v + c * s.c, D * H * W);
+  const int64_t volume = D * H * W;
+  const bool to_l1 = count * volume * static_cast<int64_t>(sizeof(scalar_t)) <= (32 << 10);
+  for (int64_t c = 0; c < count; ++c) {
+    if (to_l1)
+      prefetch<true>(v + c * s.c, volume);
+    else
+      prefetch<false>(v + c * s.c, volume);
+  }
 }
 
 // One channel block's window sums: every output row of g from buf (laid out p, gathered), weights
