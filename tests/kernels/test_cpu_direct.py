@@ -6,6 +6,7 @@ lower precisions; and the path where the kernels cannot be built."""
 from __future__ import annotations
 
 import contextlib
+import re
 
 import pytest
 import torch
@@ -183,13 +184,15 @@ def test_compile_fullgraph_and_checkpointing():
     torch.testing.assert_close(x.grad, reference.grad, **TOLERANCES[torch.float64])
 
 
-def test_gradcheck_and_gradgradcheck():
+@pytest.mark.parametrize("stride, padding, kernel", [
+    (2, 1, 3), (1, "same", 4), (2, 0, 3)])  # trailing padding 0, 2 ('same' even), -1 (input cut)
+def test_gradcheck_and_gradgradcheck(stride, padding, kernel):
     x = torch.randn(1, 3, 6, 6, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(6, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, 1, kernel, kernel, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
 
     def conv(x, weight, bias):
-        return dw.conv2d(x, weight, bias, 2, 1, 1, 3, algorithm="cpu_direct")
+        return dw.conv2d(x, weight, bias, stride, padding, 1, 3, algorithm="cpu_direct")
 
     assert torch.autograd.gradcheck(conv, (x, weight, bias))
     assert torch.autograd.gradgradcheck(conv, (x, weight, bias))
@@ -313,6 +316,20 @@ def test_plain_eager_calls_alone_skip_the_custom_ops():
 
     seen.append(_plain_eager(x.as_subclass(Subclass), weight, None))
     assert seen == [False] * 4
+
+
+@pytest.mark.parametrize("through_the_ops", [False, True])
+@pytest.mark.parametrize("padding, kernel, size", [(0, 5, 0), (0, 6, -1), (1, 8, -1)])
+def test_a_kernel_larger_than_the_padded_input_is_a_clear_error(through_the_ops, padding, kernel,
+                                                                size):
+    """F.conv2d's output size (floor division: -3 // 2 is -2), in the eager path's C++ and in the
+    ops' Python alike."""
+    x, weight = torch.randn(1, 4, 3, 3), torch.randn(4, 1, kernel, kernel)
+    message = (f"the output size [{size}, {size}] is not positive: the dilated kernel "
+               f"[{kernel}, {kernel}] is larger than the padded input [3, 3]")
+    with _PassThrough() if through_the_ops else contextlib.nullcontext():
+        with pytest.raises(RuntimeError, match=re.escape(message)):
+            dw.conv2d(x, weight, None, 2, padding, 1, 4, algorithm="cpu_direct")
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -3,7 +3,8 @@
 - :mod:`.triton_depthwise`: Triton kernels for depthwise 1D/2D/3D convolution (forward, input and
   weight gradients); imported only when they run.
 - :mod:`.triton_ops`: those kernels as ``torch.library`` custom ops.
-- :mod:`.cpu_ops`: the C++ CPU kernels (``cpu_depthwise.cpp``, built on first use) as custom ops.
+- :mod:`.cpu_ops`: the C++ CPU kernels (``cpu_depthwise.cpp``, built on first use) as custom ops,
+  and plain eager calls whole in C++ (``cpu_depthwise_eager.cpp``).
 - :mod:`.depthwise_function`: either family's ops made differentiable (autograd, forward mode,
   ``torch.func``); :mod:`.lifting`: 1D/2D calls run through the 3D ops.
 
@@ -14,7 +15,7 @@ import hashlib
 from pathlib import Path
 
 #: the sources whose code decides how fast our algorithms run
-SOURCES = ("cpu_depthwise.cpp", "triton_depthwise.py")
+SOURCES = ("cpu_depthwise.cpp", "cpu_depthwise_eager.cpp", "cpu_depthwise.h", "triton_depthwise.py")
 
 
 def source_fingerprint() -> str:

@@ -17,9 +17,12 @@
 // weight gradient reduces in a fixed order: per channel in sample/row order (width-inner), or in
 // a fixed number of row chunks summed in chunk order (channels-inner), so for a given thread
 // count it does not depend on thread timing.
+#include "cpu_depthwise.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <torch/extension.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
@@ -32,9 +35,7 @@
 
 namespace {
 
-// Tests set this to fill every output with NaN before computing it, so an element the kernels
-// forget to write shows up.
-bool poison_outputs = false;
+bool poison_outputs = false;  // set_poison_outputs
 
 at::Tensor allocate(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor t = at::empty(sizes, options);
@@ -1941,9 +1942,16 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
 // benchmarks/cpu_direct_notes.md).
 bool use_blocked(const Geometry& g) { return g.M == 1; }
 
-at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                   at::IntArrayRef out_size) {
+}  // namespace
+
+namespace diagonalwise {
+
+void set_poison_outputs(bool on) { poison_outputs = on; }
+
+at::Tensor depthwise_forward(const at::Tensor& x, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation,
+                             at::IntArrayRef out_size) {
   TORCH_CHECK(x.dim() == 5 && weight.dim() == 5, "cpu_depthwise: 5-D input and weight expected");
   TORCH_CHECK(x.device().is_cpu(), "cpu_depthwise: CPU tensors expected");
   const at::Tensor w = weight.contiguous();
@@ -1977,10 +1985,10 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& weight, const c10::opt
   return y;
 }
 
-std::vector<at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor& x,
-                                 const at::Tensor& weight, at::IntArrayRef stride,
-                                 at::IntArrayRef padding, at::IntArrayRef dilation, bool need_input,
-                                 bool need_weight, bool need_bias) {
+std::vector<at::Tensor> depthwise_backward(const at::Tensor& grad_output, const at::Tensor& x,
+                                           const at::Tensor& weight, at::IntArrayRef stride,
+                                           at::IntArrayRef padding, at::IntArrayRef dilation,
+                                           bool need_input, bool need_weight, bool need_bias) {
   TORCH_CHECK(x.device().is_cpu(), "cpu_depthwise: CPU tensors expected");
   const at::Tensor w = weight.contiguous();
   // dy in the layout this order reads best (a no-op when autograd hands it over so)
@@ -2037,10 +2045,4 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor
   return {dx, dw, db};
 }
 
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "depthwise convolution, 3-D, CPU");
-  m.def("backward", &backward, "its input, weight and bias gradients");
-  m.def("set_poison", [](bool on) { poison_outputs = on; }, "fill outputs with NaN first (tests)");
-}
+}  // namespace diagonalwise

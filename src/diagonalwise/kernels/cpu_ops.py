@@ -1,11 +1,14 @@
-"""Our direct CPU depthwise kernels (``cpu_depthwise.cpp``) as ``torch.library`` custom ops.
+"""Our direct CPU depthwise kernels (``cpu_depthwise.cpp``) as ``torch.library`` custom ops,
+and for plain eager calls whole in C++ (``cpu_depthwise_eager.cpp``).
 
 Equivalence contract: ``cpu_depthwise_conv(x, w, b, stride, padding, dilation)`` equals
 ``F.conv1d/2d/3d`` for depthwise convolutions (``groups == in_channels``, weight
 ``(C * M, 1, *kernel)``), in value and in the input, weight and bias gradients, accumulating in
 float32 (float64 for float64), and in every derivative :mod:`.depthwise_function` gives. The
-custom ops keep ``torch.compile`` free of graph breaks and have fake kernels for tracing. The
-output has the input's layout (NCDHW or channels_last), and no input is copied in either layout.
+custom ops keep ``torch.compile`` free of graph breaks and have fake kernels for tracing; plain
+eager calls (no transform, mode, subclass or autocast) skip them and Python altogether, with the
+same kernels and derivatives: the same bits. The output has the input's layout (NCDHW or
+channels_last), and no input is copied in either layout.
 
 The C++ source is compiled on first use with the installed torch's headers, for this machine's
 CPU (``-O3 -march=native``, OpenMP for ``at::parallel_for``), into a persistent directory:
@@ -26,10 +29,11 @@ from pathlib import Path
 
 import torch
 
-from .depthwise_function import differentiable
+from .depthwise_function import _plain_eager, differentiable
 from .lifting import depthwise_via_3d
 
-SOURCE = Path(__file__).with_name("cpu_depthwise.cpp")
+SOURCES = [Path(__file__).with_name(name)
+           for name in ("cpu_depthwise.cpp", "cpu_depthwise_eager.cpp", "cpu_depthwise.h")]
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 
 
@@ -46,8 +50,9 @@ def build_directory() -> Path:
     """Where the extension is built: one directory per source, flags, torch version and CPU."""
     root = os.environ.get("DIAGONALWISE_BUILD_DIR") or Path(
         os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diagonalwise" / "build"
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(CFLAGS).encode(),
-                                     torch.__version__.encode(), _cpu_model().encode()]))
+    key = hashlib.sha256(b"\0".join([*(source.read_bytes() for source in SOURCES),
+                                     " ".join(CFLAGS).encode(), torch.__version__.encode(),
+                                     _cpu_model().encode()]))
     return Path(root) / f"cpu_depthwise-{key.hexdigest()[:16]}"
 
 
@@ -66,7 +71,8 @@ def _load():
     directory = build_directory()
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        return load(name="diagonalwise_cpu_depthwise", sources=[str(SOURCE)],
+        return load(name="diagonalwise_cpu_depthwise",
+                    sources=[str(source) for source in SOURCES if source.suffix == ".cpp"],
                     extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
                     build_directory=str(directory), verbose=False)
     except Exception as error:  # a missing compiler or ninja, a failed build: all unavailable
@@ -89,21 +95,11 @@ def _extension():
     return extension
 
 
-def _kernel_forward(x, weight, bias, stride, padding, dilation, output_size):
-    return _extension().forward(x, weight, bias, stride, padding, dilation, output_size)
-
-
-def _kernel_backward(grad_output, x, weight, stride, padding, dilation, input_grad, weight_grad,
-                     bias_grad):
-    return _extension().backward(grad_output, x, weight, stride, padding, dilation, input_grad,
-                                 weight_grad, bias_grad)
-
-
 @torch.library.custom_op("diagonalwise::cpu_depthwise3d", mutates_args=())
 def _depthwise3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  stride: list[int], padding: list[int], dilation: list[int],
                  output_size: list[int]) -> torch.Tensor:
-    return _kernel_forward(x, weight, bias, stride, padding, dilation, output_size)
+    return _extension().forward(x, weight, bias, stride, padding, dilation, output_size)
 
 
 @torch.library.custom_op("diagonalwise::cpu_depthwise3d_backward", mutates_args=())
@@ -111,20 +107,27 @@ def _depthwise3d_backward(grad_output: torch.Tensor, x: torch.Tensor, weight: to
                           stride: list[int], padding: list[int], dilation: list[int],
                           input_grad: bool, weight_grad: bool, bias_grad: bool
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dx, dw, db = _kernel_backward(grad_output, x, weight, stride, padding, dilation, input_grad,
-                                  weight_grad, bias_grad)
+    dx, dw, db = _extension().backward(grad_output, x, weight, stride, padding, dilation,
+                                       input_grad, weight_grad, bias_grad)
     # the op returns three tensors always; the ones not asked for are empty (and distinct: the
     # outputs of a custom op may not alias each other)
     return (dx if input_grad else x.new_empty(0), dw if weight_grad else x.new_empty(0),
             db if bias_grad else x.new_empty(0))
 
 
-_depthwise = differentiable(_depthwise3d, _depthwise3d_backward, _kernel_forward, _kernel_backward)
+_depthwise = differentiable(_depthwise3d, _depthwise3d_backward)
 
 
 def cpu_depthwise_conv(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                        stride: tuple[int, ...], padding: tuple[int, ...] | str,
                        dilation: tuple[int, ...]) -> torch.Tensor:
-    """A depthwise 1D/2D/3D convolution (batched or not) on CPU tensors through the custom ops;
-    follows autocast. The caller checks that the convolution is depthwise."""
+    """A depthwise 1D/2D/3D convolution (batched or not) on CPU tensors: plain eager calls in
+    C++ (through Python and the ops' dispatch a call cost several hundred microseconds more than
+    a small layer's kernel once other layers had cleared the caches), everything else through the
+    custom ops; follows autocast. The caller checks that the convolution is depthwise."""
+    if (not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
+            and _plain_eager(input, weight, bias)):
+        mode = padding if isinstance(padding, str) else ""
+        return _extension().depthwise(input, weight, bias, stride, () if mode else padding, mode,
+                                      dilation)
     return depthwise_via_3d(_depthwise, input, weight, bias, stride, padding, dilation)

@@ -16,11 +16,10 @@ Why not only ``register_autograd`` on the op: the ``autograd.Function`` torch.li
 has no ``setup_context``, so ``torch.func.grad``/``jacrev`` refuse it (pytorch/pytorch#168393,
 #179652), and it has no forward-mode rule: ``torch.func.jvp`` gave a zero tangent, silently.
 Dynamo, in turn, does not trace an ``autograd.Function`` with a ``jvp``; under ``torch.compile``
-the op's registered autograd is used instead. Plain eager calls skip the ops (whose Python
-dispatch cost more than a small layer's kernel when the caches were cold) through a minimal
-``autograd.Function`` with the same derivatives and the same kernels: the same bits. The
-forward op gets a batching rule for ``vmap`` and ``jacfwd`` (the vmapped dimension folded into
-the channels: one call instead of a loop).
+the op's registered autograd is used instead. The forward op gets a batching rule for ``vmap``
+and ``jacfwd`` (the vmapped dimension folded into the channels: one call instead of a loop).
+A family may serve plain eager calls (:func:`_plain_eager`) without the ops, as
+:mod:`.cpu_ops` does.
 """
 
 from __future__ import annotations
@@ -103,22 +102,18 @@ def _register_fake_kernels(forward_op, backward_op) -> None:
 
 
 def _plain_eager(*tensors: torch.Tensor | None) -> bool:
-    """Whether an eager call (not under torch.compile) may skip the custom ops: on plain tensors
-    (or parameters), outside every transform, dispatch mode and forward-AD level that the ops'
-    registrations serve."""
+    """Whether an eager call (not under torch.compile) may skip the custom ops and this module's
+    autograd.Function: on plain tensors (or parameters), outside every transform, dispatch mode
+    and forward-AD level that they serve."""
     return (all(t is None or type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
             and not torch._C._are_functorch_transforms_active()
             and torch.autograd.forward_ad._current_level < 0
             and torch.utils._python_dispatch._get_current_dispatch_mode() is None)
 
 
-def differentiable(forward_op, backward_op, eager_forward=None,
-                   eager_backward=None) -> Callable[..., torch.Tensor]:
+def differentiable(forward_op, backward_op) -> Callable[..., torch.Tensor]:
     """``call(x5, weight5, bias, stride, padding, dilation, output_size) -> y5``: the custom ops
-    with reverse- and forward-mode derivatives (see the module's contract). ``eager_forward`` and
-    ``eager_backward``, the kernels the ops wrap (same signatures), serve plain eager calls
-    directly: through the ops' Python dispatch a call cost 30 us warm and several hundred after
-    the caches were cleared by other layers (benchmarks/cpu_direct_notes.md, v9)."""
+    with reverse- and forward-mode derivatives (see the module's contract)."""
 
     def setup_context(ctx, inputs, output):
         x, weight, bias, stride, padding, dilation, output_size = inputs
@@ -127,18 +122,14 @@ def differentiable(forward_op, backward_op, eager_forward=None,
         ctx.output_size = output_size
         ctx.has_bias = bias is not None
 
-    def gradients_by(backward):
-        def gradients(ctx, grad_output):
-            x, weight = ctx.saved_tensors
-            needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-            needs_bias = needs_bias and ctx.has_bias
-            dx, dw, db = backward(grad_output, x, weight, *ctx.geometry, needs_input,
-                                  needs_weight, needs_bias)
-            return (dx if needs_input else None, dw if needs_weight else None,
-                    db if needs_bias else None, None, None, None, None)
-        return gradients
-
-    gradients = gradients_by(backward_op)
+    def gradients(ctx, grad_output):
+        x, weight = ctx.saved_tensors
+        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        needs_bias = needs_bias and ctx.has_bias
+        dx, dw, db = backward_op(grad_output, x, weight, *ctx.geometry, needs_input, needs_weight,
+                                 needs_bias)
+        return (dx if needs_input else None, dw if needs_weight else None,
+                db if needs_bias else None, None, None, None, None)
 
     def differentiable_gradients(ctx, grad_output):
         # a backward with grad mode on (create_graph=True, or any torch.func transform) may be
@@ -192,29 +183,9 @@ def differentiable(forward_op, backward_op, eager_forward=None,
     forward_op.register_autograd(gradients, setup_context=setup_context)
     _register_batching_rule(forward_op)
 
-    class EagerDepthwiseConv(torch.autograd.Function):
-        """The same derivatives for plain eager calls, without the ops' dispatch (an old-style
-        forward: apply binds no signature)."""
-
-        @staticmethod
-        def forward(ctx, x, weight, bias, stride, padding, dilation, output_size):
-            setup_context(ctx, (x, weight, bias, stride, padding, dilation, output_size), None)
-            return eager_forward(x, weight, bias, stride, padding, dilation, output_size)
-
-        @staticmethod
-        def backward(ctx, grad_output):
-            if torch.is_grad_enabled():
-                return differentiable_gradients(ctx, grad_output)
-            return eager_gradients(ctx, grad_output)
-
-    eager_gradients = gradients_by(eager_backward)
-
     def call(x, weight, bias, stride, padding, dilation, output_size):
         if torch.compiler.is_compiling():
             return forward_op(x, weight, bias, stride, padding, dilation, output_size)
-        if eager_forward is not None and _plain_eager(x, weight, bias):
-            return EagerDepthwiseConv.apply(x, weight, bias, stride, padding, dilation,
-                                            output_size)
         return DepthwiseConv.apply(x, weight, bias, stride, padding, dilation, output_size)
 
     return call

@@ -36,8 +36,8 @@ def depthwise_via_3d(kernel: Kernel3d, input: torch.Tensor, weight: torch.Tensor
     size = conv_output_size(input.shape[2:], kernel_size, stride, padding, dilation)
     if any(s <= 0 for s in size):
         raise RuntimeError(f"the output size {size[missing:]} is not positive: the dilated kernel "
-                           f"{tuple(kernel_size[missing:])} is larger than the padded input "
-                           f"{tuple(input.shape[2 + missing:])}")
+                           f"{list(kernel_size[missing:])} is larger than the padded input "
+                           f"{list(input.shape[2 + missing:])}")
     output = kernel(input, weight, bias, list(stride),
                     leading_padding(padding, kernel_size, dilation), list(dilation), size)
     for _ in range(missing):
