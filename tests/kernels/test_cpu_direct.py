@@ -148,6 +148,12 @@ def test_autocast_bfloat16_matches_native():
         ours, expected = layer(x), native(x)
     assert ours.dtype == expected.dtype == torch.bfloat16
     torch.testing.assert_close(ours, expected, **TOLERANCES[torch.bfloat16])
+    dy = torch.randn_like(ours)
+    ours.backward(dy)
+    expected.backward(dy)
+    for mine, theirs in ((layer.weight.grad, native.weight.grad), (layer.bias.grad, native.bias.grad)):
+        assert mine.dtype == theirs.dtype == torch.float32  # through autocast's cast, as native's
+        torch.testing.assert_close(mine, theirs, **TOLERANCES[torch.bfloat16])
 
 
 def test_one_and_two_threads_agree_and_repeats_are_bitwise_identical():

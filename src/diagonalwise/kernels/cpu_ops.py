@@ -6,7 +6,7 @@ Equivalence contract: ``cpu_depthwise_conv(x, w, b, stride, padding, dilation)``
 ``(C * M, 1, *kernel)``), in value and in the input, weight and bias gradients, accumulating in
 float32 (float64 for float64), and in every derivative :mod:`.depthwise_function` gives. The
 custom ops keep ``torch.compile`` free of graph breaks and have fake kernels for tracing; plain
-eager calls (no transform, mode, subclass or autocast) skip them and Python altogether, with the
+eager calls (no transform, dispatch mode or subclass) skip them and most of Python, with the
 same kernels and derivatives: the same bits. The output has the input's layout (NCDHW or
 channels_last), and no input is copied in either layout.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from .depthwise_function import _plain_eager, differentiable
-from .lifting import depthwise_via_3d
+from .lifting import autocast_operands, depthwise_via_3d
 
 SOURCES = [Path(__file__).with_name(name)
            for name in ("cpu_depthwise.cpp", "cpu_depthwise_eager.cpp", "cpu_depthwise.h")]
@@ -125,8 +125,8 @@ def cpu_depthwise_conv(input: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     C++ (through Python and the ops' dispatch a call cost several hundred microseconds more than
     a small layer's kernel once other layers had cleared the caches), everything else through the
     custom ops; follows autocast. The caller checks that the convolution is depthwise."""
-    if (not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
-            and _plain_eager(input, weight, bias)):
+    if not torch.compiler.is_compiling() and _plain_eager(input, weight, bias):
+        input, weight, bias = autocast_operands(input, weight, bias)
         mode = padding if isinstance(padding, str) else ""
         return _extension().depthwise(input, weight, bias, stride, () if mode else padding, mode,
                                       dilation)

@@ -13,6 +13,15 @@ from ..shapes import conv_output_size, leading_padding
 Kernel3d = Callable[..., torch.Tensor]
 
 
+def autocast_operands(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """The operands in autocast's dtype where autocast is on for their device (as native's
+    convolutions take them), else as they are."""
+    if not torch.is_autocast_enabled(input.device.type):
+        return input, weight, bias
+    dtype = torch.get_autocast_dtype(input.device.type)
+    return input.to(dtype), weight.to(dtype), bias.to(dtype) if bias is not None else None
+
+
 def depthwise_via_3d(kernel: Kernel3d, input: torch.Tensor, weight: torch.Tensor,
                      bias: torch.Tensor | None, stride: tuple[int, ...],
                      padding: tuple[int, ...] | str, dilation: tuple[int, ...]) -> torch.Tensor:
@@ -20,10 +29,7 @@ def depthwise_via_3d(kernel: Kernel3d, input: torch.Tensor, weight: torch.Tensor
     ``kernel`` on 5-D views (no copy). Under autocast the operands are cast to its dtype first."""
     spatial_dims = weight.dim() - 2
     batched = input.dim() == spatial_dims + 2
-    if torch.is_autocast_enabled(input.device.type):
-        dtype = torch.get_autocast_dtype(input.device.type)
-        input, weight = input.to(dtype), weight.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
+    input, weight, bias = autocast_operands(input, weight, bias)
     if not batched:
         input = input.unsqueeze(0)
     missing = 3 - spatial_dims
