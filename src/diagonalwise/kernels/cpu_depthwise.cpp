@@ -244,8 +244,9 @@ inline int64_t input_rows_of(const Geometry& g, const Strides& xs, int64_t r, in
 // A dense span of memory into the caches (prefetch hints: no fault, no effect on results): rows
 // that the next tiles read into L1 (into L2 only, the strided channels_last forwards were 1.14x
 // slower, v10); the channel blocks' whole volumes into L1 where they fit in 32 KB (10x10 and
-// 20x20 planes 1.1x-1.2x), else into L2 (into L1: weight gradient 0.9x on 112x112 planes). On x86 as asm statements: GCC -O3 once dropped every __builtin_prefetch of
-// this file after a change elsewhere in it (v10).
+// 20x20 planes 1.1x-1.2x), else into L2 (into L1: weight gradient 0.9x on 112x112 planes). On
+// x86 as asm statements: GCC -O3 once dropped every __builtin_prefetch of this file after a
+// change elsewhere in it (v10).
 template <bool ToL1, typename T>
 inline void prefetch(const T* p, int64_t count) {
   const char* bytes = reinterpret_cast<const char*>(p);
@@ -884,16 +885,16 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
   at::parallel_for(0, g.N * g.D * g.H, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(2 * g.KD * g.KH), previous(2 * g.KD * g.KH), scratch(2 * g.KW);
     ConvertedRows<scalar_t, acc_t> converted(rows_geometry, !std::is_same_v<scalar_t, acc_t>);
-    PrefetchRows<scalar_t> ahead(dy, dys.w, g.OW);
+    PrefetchRows<scalar_t> new_rows(dy, dys.w, g.OW);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (g.D * g.H), id = (r / g.H) % g.D, ih = r % g.H;
       const int64_t nrows = receiving_rows(g, dys, n, id, ih, offsets.data());
-      ahead.clear();
+      new_rows.clear();
       if (const int64_t r0 = r - 1; r0 >= begin)
-        ahead.set(offsets.data(), nrows, previous.data(),
-                  receiving_rows(g, dys, r0 / (g.D * g.H), (r0 / g.H) % g.D, r0 % g.H,
-                                 previous.data()));
-      ahead.prefetch_columns(0, g.OW, 0, g.O);
+        new_rows.set(offsets.data(), nrows, previous.data(),
+                     receiving_rows(g, dys, r0 / (g.D * g.H), (r0 / g.H) % g.D, r0 % g.H,
+                                    previous.data()));
+      new_rows.prefetch_columns(0, g.OW, 0, g.O);
       const acc_t* dyr;
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
         dyr = dy;
