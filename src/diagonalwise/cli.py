@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(bench, ["mobilenet_v1"])
     bench.add_argument("--level", choices=("layers", "models", "both"), default="both")
     bench.add_argument("--warmup", type=positive_int, default=2)
-    bench.add_argument("--repeats", type=positive_int, default=5)
+    bench.add_argument("--repeats", type=positive_int, default=5,
+                       help="rounds per layer measurement; training steps take 2 * repeats + 1")
     bench.add_argument("--all-block-sizes", dest="every_divisor", action="store_true",
                        help="every divisor of groups, not only 2x-spaced ones")
     bench.add_argument("--max-block-channels", type=positive_int, default=256,

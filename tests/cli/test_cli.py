@@ -385,3 +385,20 @@ def test_bench_framework_routes_without_pytorch_and_says_what_is_missing(tmp_pat
         assert run(["bench", "--framework", "mxnet", "--output", str(tmp_path)]) == 2
         error = capsys.readouterr().err
         assert "--framework mxnet needs mxnet" in error and len(error.strip().splitlines()) == 1
+
+
+def test_training_steps_take_twice_the_rounds_of_a_layer_plus_one(tmp_path, monkeypatch):
+    """A model step's spread with the layers' 5 rounds was wider than the effects it measures."""
+    from diagonalwise.bench import training_step
+
+    rounds, original = [], training_step.measure_interleaved
+
+    def recording(fns, device, *, warmup, repeats):
+        rounds.append(repeats)
+        return original(fns, device, warmup=warmup, repeats=repeats)
+
+    monkeypatch.setattr(training_step, "measure_interleaved", recording)
+    assert main(["bench", "--level", "models", "--batch-size", "2", "--size", "32", "--repeats",
+                 "2", "--warmup", "1", "--device", "cpu", "--output", str(tmp_path / "run"),
+                 "--no-cache"]) == 0
+    assert rounds == [5]

@@ -20,8 +20,10 @@ from .training_step import autocast_context, bench_training
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What one ``diagonalwise bench`` run measures. ``cache``: a tuning cache file, or None for
-    a fresh one in ``output``; ``use_cache=False`` tunes without one."""
+    """What one ``diagonalwise bench`` run measures. ``repeats``: rounds per layer measurement;
+    the training steps take ``2 * repeats + 1`` (with 5 their spread on a 2-core VM was 5-7% of
+    the median, wider than the 5-10% that the layers' gains add up to). ``cache``: a tuning
+    cache file, or None for a fresh one in ``output``; ``use_cache=False`` tunes without one."""
 
     models: tuple[str, ...] = ("mobilenet_v1",)
     dtypes: tuple[str, ...] = ("float32",)
@@ -79,7 +81,7 @@ def run_bench(config: BenchConfig, device: torch.device, output: Path,
                 if config.level in ("models", "both"):
                     result.models += bench_training(
                         spec, device, dtype=dtype, layout=layout, batch=batch, size=size,
-                        warmup=config.warmup, repeats=config.repeats, cache=cache)
+                        warmup=config.warmup, repeats=2 * config.repeats + 1, cache=cache)
                     result.save(output)
     copy_end = copy_bandwidth(device)
     result.provenance["quality"] = assess_quality(
