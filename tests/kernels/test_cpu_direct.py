@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import diagonalwise as dw
+from diagonalwise.algorithms import get_algorithm
 from diagonalwise.call import ConvCall
 from diagonalwise.kernels import cpu_ops
 from diagonalwise.kernels.depthwise_function import _plain_eager
@@ -336,6 +337,29 @@ def test_a_kernel_larger_than_the_padded_input_is_a_clear_error(through_the_ops,
     with _PassThrough() if through_the_ops else contextlib.nullcontext():
         with pytest.raises(RuntimeError, match=re.escape(message)):
             dw.conv2d(x, weight, None, 2, padding, 1, 4, algorithm="cpu_direct")
+
+
+@pytest.mark.parametrize("through_the_ops", [False, True])
+@pytest.mark.parametrize("stride, padding, dilation", [((0, 1), (1, 1), (1, 1)),
+                                                       ((1, 1), (1, 1), (1, -2)),
+                                                       ((1, 2), (-1, 0), (1, 1))])
+def test_a_stride_dilation_or_padding_out_of_range_is_a_clear_error(through_the_ops, stride,
+                                                                    padding, dilation):
+    """Called directly (the functional API and the modules check first), the algorithm too
+    names the bad geometry instead of dividing by zero or reading past the kernel's window."""
+    x, weight = torch.randn(1, 4, 6, 6), torch.randn(4, 1, 3, 3)
+    message = (f"strides and dilations must be positive and padding not negative, got stride "
+               f"{list(stride)}, padding {list(padding)}, dilation {list(dilation)}")
+    with _PassThrough() if through_the_ops else contextlib.nullcontext():
+        with pytest.raises(RuntimeError, match=re.escape(message)):
+            get_algorithm("cpu_direct")(x, weight, None, stride, padding, dilation, 4)
+
+
+def test_geometry_of_the_wrong_rank_is_a_clear_error():
+    with pytest.raises(RuntimeError, match=re.escape(
+            "2 strides, paddings and dilations expected, got [1], [1, 1], [1, 1]")):
+        get_algorithm("cpu_direct")(torch.randn(1, 4, 6, 6), torch.randn(4, 1, 3, 3), None,
+                                    (1,), (1, 1), (1, 1), 4)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

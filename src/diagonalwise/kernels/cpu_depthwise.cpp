@@ -60,6 +60,21 @@ struct Strides {
 
 Geometry geometry(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
                   at::IntArrayRef padding, at::IntArrayRef dilation, at::IntArrayRef out_size) {
+  TORCH_CHECK(x.dim() == 5 && weight.dim() == 5 && weight.size(1) == 1,
+              "cpu_depthwise: a 5-D input and a (C * M, 1, KD, KH, KW) weight expected, got ",
+              x.sizes(), " and ", weight.sizes());
+  TORCH_CHECK(x.size(1) > 0 && weight.size(0) % x.size(1) == 0,
+              "cpu_depthwise: the weight's ", weight.size(0),
+              " output channels are not a multiple of the input's ", x.size(1));
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "cpu_depthwise: the input is ",
+              x.scalar_type(), " and the weight ", weight.scalar_type(), "; give both one dtype");
+  TORCH_CHECK(stride.size() == 3 && padding.size() == 3 && dilation.size() == 3 &&
+                  out_size.size() == 3,
+              "cpu_depthwise: 3 strides, paddings, dilations and output sizes expected");
+  for (int64_t i = 0; i < 3; ++i)
+    TORCH_CHECK(stride[i] > 0 && dilation[i] > 0 && padding[i] >= 0,
+                "cpu_depthwise: strides and dilations must be positive and padding not negative, "
+                "got stride ", stride, ", padding ", padding, ", dilation ", dilation);
   Geometry g;
   g.N = x.size(0);
   g.C = x.size(1);
@@ -1953,7 +1968,6 @@ at::Tensor depthwise_forward(const at::Tensor& x, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation,
                              at::IntArrayRef out_size) {
-  TORCH_CHECK(x.dim() == 5 && weight.dim() == 5, "cpu_depthwise: 5-D input and weight expected");
   TORCH_CHECK(x.device().is_cpu(), "cpu_depthwise: CPU tensors expected");
   const at::Tensor w = weight.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();

@@ -98,6 +98,20 @@ at::Tensor depthwise(const at::Tensor& input, const at::Tensor& weight,
                      at::IntArrayRef dilation) {
   const int64_t spatial = weight.dim() - 2, missing = 3 - spatial;
   TORCH_CHECK(spatial >= 1 && spatial <= 3, "cpu_depthwise: a 3-D to 5-D weight expected");
+  TORCH_CHECK(input.dim() == weight.dim() || input.dim() == weight.dim() - 1,
+              "cpu_depthwise: a ", weight.dim(), "-D weight takes a ", weight.dim(), "-D input (or ",
+              weight.dim() - 1, "-D unbatched), got ", input.dim(), "-D");
+  TORCH_CHECK(static_cast<int64_t>(stride.size()) == spatial &&
+                  static_cast<int64_t>(dilation.size()) == spatial &&
+                  (!padding_mode.empty() || static_cast<int64_t>(padding.size()) == spatial),
+              "cpu_depthwise: ", spatial, " strides, paddings and dilations expected, got ",
+              stride, ", ", padding, ", ", dilation);
+  for (int64_t i = 0; i < spatial; ++i)
+    TORCH_CHECK(stride[i] > 0 && dilation[i] > 0 && (!padding_mode.empty() || padding[i] >= 0),
+                "strides and dilations must be positive and padding not negative, got stride ",
+                stride, ", padding ", padding, ", dilation ", dilation);
+  TORCH_CHECK(padding_mode.empty() || padding_mode == "same" || padding_mode == "valid",
+              "cpu_depthwise: padding '", padding_mode, "': 'same', 'valid' or sizes expected");
   const bool batched = input.dim() == weight.dim();
   at::Tensor x = batched ? input : input.unsqueeze(0), w = weight;
   for (int64_t i = 0; i < missing; ++i) {

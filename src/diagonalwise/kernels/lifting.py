@@ -29,6 +29,11 @@ def depthwise_via_3d(kernel: Kernel3d, input: torch.Tensor, weight: torch.Tensor
     ``kernel`` on 5-D views (no copy). Under autocast the operands are cast to its dtype first."""
     spatial_dims = weight.dim() - 2
     batched = input.dim() == spatial_dims + 2
+    if (min(stride) <= 0 or min(dilation) <= 0
+            or (not isinstance(padding, str) and min(padding) < 0)):
+        raise RuntimeError("strides and dilations must be positive and padding not negative, got "
+                           f"stride {list(stride)}, padding {list(padding)}, dilation "
+                           f"{list(dilation)}")
     input, weight, bias = autocast_operands(input, weight, bias)
     if not batched:
         input = input.unsqueeze(0)
