@@ -14,8 +14,10 @@
 import hashlib
 from pathlib import Path
 
+#: the C++ extension's sources (cpu_ops builds them and keys its build directory on them)
+CPU_SOURCES = ("cpu_depthwise.cpp", "cpu_depthwise_eager.cpp", "cpu_depthwise.h")
 #: the sources whose code decides how fast our algorithms run
-SOURCES = ("cpu_depthwise.cpp", "cpu_depthwise_eager.cpp", "cpu_depthwise.h", "triton_depthwise.py")
+SOURCES = (*CPU_SOURCES, "triton_depthwise.py")
 
 
 def source_fingerprint() -> str:

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import torch
 
+from . import CPU_SOURCES
 from .depthwise_function import _plain_eager, differentiable
 from .lifting import autocast_operands, depthwise_via_3d
 
-SOURCES = [Path(__file__).with_name(name)
-           for name in ("cpu_depthwise.cpp", "cpu_depthwise_eager.cpp", "cpu_depthwise.h")]
+SOURCES = [Path(__file__).with_name(name) for name in CPU_SOURCES]
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 
 
