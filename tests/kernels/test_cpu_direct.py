@@ -290,7 +290,8 @@ def test_bfloat16_results_are_the_float32_results_rounded(layout, channels, size
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_bfloat16_keeps_nan_and_inf_where_native_puts_them(layout):
-    """Our bfloat16 stores round on the raw bits; NaN and Inf must come out as native's do."""
+    """Our bfloat16 stores round on the raw bits or with the AVX512_BF16 instruction; NaN and
+    Inf must come out as native's do."""
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = torch.randn(2, 16, 9, 9).to(torch.bfloat16)
     x[0, 3, 4, 4], x[1, 7, 0, 0] = float("nan"), float("inf")

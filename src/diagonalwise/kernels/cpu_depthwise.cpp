@@ -1653,7 +1653,7 @@ inline void store_floats(scalar_t* p, vec_t<float> v, int64_t count) {
 #ifdef __AVX512BF16__
     // the AVX512_BF16 conversion: to nearest even as bfloat16_bits for every normal number (a
     // float denormal becomes a signed zero, as in oneDNN's bfloat16 convolutions, which use it;
-    // a NaN keeps its payload, quiet). bfloat16 NCHW layers 1.1x-1.24x faster; in the
+    // a NaN keeps its payload, quiet). bfloat16 NCHW layers 1.05x-1.14x faster; in the
     // channels_last tiles' stores it was slower (v13 in cpu_direct_notes.md).
     const half_bits_t narrow = half_bits_t(_mm512_cvtneps_pbh(__m512(v)));
 #else
