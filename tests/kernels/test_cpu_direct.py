@@ -268,9 +268,9 @@ def test_an_empty_batch_and_an_expanded_output_gradient(layout):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("channels, size, stride", [(20, 37, 1), (20, 37, 2), (16, 13, 1)])
 def test_bfloat16_results_are_the_float32_results_rounded(layout, channels, size, stride):
-    """bfloat16 accumulates in float32 in the float32 path's order, so its output and gradients
-    are the float32 path's on the same operands, rounded to nearest even (torch's rounding), to
-    the bit: a store that truncated or rounded otherwise would differ in about half the values."""
+    """bfloat16 accumulates in float32 in the float32 path's order, so its output and all three
+    gradients are the float32 path's on the same operands, rounded to nearest even (torch's
+    rounding), to the bit: a store that truncated would differ in about half the values."""
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, channels, size, size, generator=generator).to(torch.bfloat16)
@@ -283,7 +283,7 @@ def test_bfloat16_results_are_the_float32_results_rounded(layout, channels, size
         out = dw.conv2d(*operands, stride, 1, 1, channels, algorithm="cpu_direct")
         grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
         out.backward(grad.to(torch.bfloat16).to(dtype))
-        results[dtype] = [out.detach()] + [t.grad for t in operands[:2]]
+        results[dtype] = [out.detach()] + [t.grad for t in operands]
     for ours, wide in zip(results[torch.bfloat16], results[torch.float32]):
         assert torch.equal(ours.view(torch.int16), wide.to(torch.bfloat16).view(torch.int16))
 
