@@ -52,7 +52,8 @@ DEPTHWISE_CASES = [case for case in CASES if case[2] == 1] + [
 
 @pytest.fixture
 def poisoned_outputs():
-    """Every output the kernels allocate starts as NaN: an element left unwritten shows up."""
+    """Every output and scratch buffer the kernels allocate starts as NaN: an element left
+    unwritten (or a padding position not zeroed) shows up."""
     extension = cpu_ops._extension()
     extension.set_poison(True)
     yield

@@ -30,12 +30,45 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <type_traits>
 #include <vector>
 
 namespace {
 
-bool poison_outputs = false;  // set_poison_outputs
+bool poison_outputs = false;  // set_poison_outputs: outputs and Buffers start as NaN
+
+// The kernels' buffers: their vectors start on cache lines (from std::allocator, 16-byte
+// aligned, every 64-byte load and store of the channel blocks straddled two lines), and
+// `Buffer<T> b(n)` leaves its values uninitialized (the channel blocks' zero fill cost 9% of a
+// bfloat16 forward; v14 in cpu_direct_notes.md); `b(n, value)` fills. Under set_poison_outputs
+// they start as NaN, so a value read before it is written shows up in the tests.
+template <typename T>
+struct CacheLineAllocator {
+  using value_type = T;
+  CacheLineAllocator() = default;
+  template <typename U>
+  CacheLineAllocator(const CacheLineAllocator<U>&) {}
+  T* allocate(size_t n) {
+    T* p = static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64)));
+    if constexpr (std::is_floating_point_v<T>)
+      if (poison_outputs) std::fill_n(p, n, std::numeric_limits<T>::quiet_NaN());
+    return p;
+  }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <typename U>
+  void construct(U* p) {
+    ::new (static_cast<void*>(p)) U;  // default-initialized: no zero fill
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+  bool operator==(const CacheLineAllocator&) const { return true; }
+  bool operator!=(const CacheLineAllocator&) const { return false; }
+};
+template <typename T>
+using Buffer = std::vector<T, CacheLineAllocator<T>>;
 
 at::Tensor allocate(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor t = at::empty(sizes, options);
@@ -165,8 +198,8 @@ void over_channel_blocks(int64_t channels, int64_t work_per_channel, const Body&
 // w ([O][taps]) as acc_t [tap][O], the layout the channels-inner loops read (each tap's weights
 // over the channels, contiguous); `flipped`: tap t holds w's tap taps - 1 - t.
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-std::vector<acc_t> taps_outer(const scalar_t* w, int64_t O, int64_t taps, bool flipped = false) {
-  std::vector<acc_t> wt(taps * O);
+Buffer<acc_t> taps_outer(const scalar_t* w, int64_t O, int64_t taps, bool flipped = false) {
+  Buffer<acc_t> wt(taps * O);
   over_channel_blocks(O, taps, [&](int64_t o0, int64_t o1) {
     for (int64_t t = 0; t < taps; ++t) {
       const int64_t source = flipped ? taps - 1 - t : t;
@@ -393,7 +426,7 @@ class ConvertedRows {
 
  private:
   int64_t slots_, row_size_, clock_ = 0;
-  std::vector<acc_t> data_;
+  Buffer<acc_t> data_;
   std::vector<int64_t> tag_, used_, slot_of_;
 };
 
@@ -607,8 +640,8 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t L = lanes<acc_t>();
   constexpr bool converted_rows = !std::is_same_v<scalar_t, acc_t>;
-  const std::vector<acc_t> wt = taps_outer(w, g.O, g.taps(), flipped);
-  std::vector<acc_t> bias(g.O, acc_t(0));
+  const Buffer<acc_t> wt = taps_outer(w, g.O, g.taps(), flipped);
+  Buffer<acc_t> bias(g.O, acc_t(0));
   for (int64_t o = 0; b && o < g.O; ++o) bias[o] = static_cast<acc_t>(b[o]);
   int64_t first, last;
   interior_columns(g, first, last);
@@ -666,7 +699,7 @@ template <typename scalar_t>
 void forward_channels_inner(const scalar_t* x, Strides xs, const scalar_t* w, const scalar_t* b,
                             scalar_t* y, Strides ys, const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
-  const std::vector<acc_t> wt = taps_outer(w, g.O, g.taps());
+  const Buffer<acc_t> wt = taps_outer(w, g.O, g.taps());
   const int64_t rows = g.N * g.OD * g.OH;
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(g.O);
@@ -751,7 +784,7 @@ template <typename scalar_t>
 void input_grad_channels_inner(const scalar_t* dy, Strides dys, const scalar_t* w, scalar_t* dx,
                                Strides dxs, const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
-  const std::vector<acc_t> wt = taps_outer(w, g.O, g.taps());
+  const Buffer<acc_t> wt = taps_outer(w, g.O, g.taps());
   const int64_t rows = g.N * g.D * g.H;
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(g.C);
@@ -890,8 +923,8 @@ template <typename scalar_t>
 void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const scalar_t* w,
                                       scalar_t* dx, Strides dxs, const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
-  const std::vector<acc_t> wt = taps_outer(w, g.O, g.taps());
-  const std::vector<acc_t> zeros(g.O, acc_t(0));
+  const Buffer<acc_t> wt = taps_outer(w, g.O, g.taps());
+  const Buffer<acc_t> zeros(g.O, acc_t(0));
   Geometry rows_geometry = g;  // dy's rows: OW columns of C (= O) channels
   rows_geometry.W = g.OW;
   // column stride of the rows the tiles read: dy's, or the converted rows' (bfloat16/half)
@@ -1021,14 +1054,14 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
   int64_t first, last;
   interior_columns(g, first, last);
   const int64_t stride = (taps + 1) * g.O;  // per chunk: [tap][channel], then the bias
-  std::vector<acc_t> partial(chunks * stride, acc_t(0));
+  Buffer<acc_t> partial(chunks * stride, acc_t(0));
   const int64_t xsw = std::is_same_v<scalar_t, acc_t> ? xs.w : g.C;
   const WindowTaps window(g, xsw);
   const RowBounds bounds{true, g.PW, g.W};
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KD * g.KH);
     ConvertedRows<scalar_t, acc_t> converted(g, !std::is_same_v<scalar_t, acc_t>);
-    std::vector<acc_t> dy_converted(std::is_same_v<scalar_t, acc_t> ? 0 : g.OW * g.O);
+    Buffer<acc_t> dy_converted(std::is_same_v<scalar_t, acc_t> ? 0 : g.OW * g.O);
     PrefetchRows<scalar_t> x_ahead(x, xs.w, g.W), dy_ahead(dy, dys.w, g.OW);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       acc_t* acc = partial.data() + chunk * stride;
@@ -1589,9 +1622,11 @@ Padded strided_layout(const Geometry& g) {
 #if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__) && defined(__AVX512BW__) && \
     defined(__AVX512VL__)
 #define DIAGONALWISE_TRANSPOSE 1
-// 16 float vectors transposed in registers: for b = 8, 4, 2, 1, rows i and i + b ((i & b) == 0)
-// exchange their elements q with (q & b) set against the partner's q - b (two-input shuffles,
-// one instruction each with AVX-512).
+// 16 vectors of 16 32-bit lanes transposed in registers: for b = 8, 4, 2, 1, rows i and i + b
+// ((i & b) == 0) exchange their elements q with (q & b) set against the partner's q - b
+// (two-input shuffles, one instruction each with AVX-512). Stage s (b = 8 >> s) exchanges bit b
+// of the row index with bit b of the lane index; starting at a later stage leaves the higher bits
+// where they are (the first `rows` rows only).
 typedef int32_t shuffle_mask_t __attribute__((vector_size(64)));
 // masks[s] for b = 8 >> s: {(q & b) ? 16 + q - b : q} and {(q & b) ? 16 + q : q + b}
 constexpr shuffle_mask_t kTransposeMasks[4][2] = {
@@ -1605,72 +1640,113 @@ constexpr shuffle_mask_t kTransposeMasks[4][2] = {
        {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}},
 };
 
-inline void transpose16(vec_t<float>* r) {
+template <int64_t FirstStage, int64_t Rows, typename V>
+inline void transpose_stages(V* r) {
 #pragma GCC unroll 4
-  for (int64_t stage = 0; stage < 4; ++stage) {
+  for (int64_t stage = FirstStage; stage < 4; ++stage) {
     const int64_t b = 8 >> stage;
 #pragma GCC unroll 16
-    for (int64_t i = 0; i < 16; ++i) {
+    for (int64_t i = 0; i < Rows; ++i) {
       if (i & b) continue;
-      const vec_t<float> a = r[i], c = r[i + b];
+      const V a = r[i], c = r[i + b];
       r[i] = __builtin_shuffle(a, c, kTransposeMasks[stage][0]);
       r[i + b] = __builtin_shuffle(a, c, kTransposeMasks[stage][1]);
     }
   }
 }
 
-// `count` (<= 16) consecutive values as floats, the other lanes 0 (bfloat16: the raw bits
-// shifted into place). Fewer than 16 are read with a masked load, which reads nothing past them.
-template <typename scalar_t>
-inline vec_t<float> load_floats(const scalar_t* p, int64_t count) {
-  const __mmask16 mask = static_cast<__mmask16>((1u << count) - 1);
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    return count == 16 ? vload(p) : vec_t<float>(_mm512_maskz_loadu_ps(mask, p));
-  } else {
-    half_bits_t raw;
-    if (count == 16) {
-      std::memcpy(&raw, p, sizeof raw);
-    } else {
-      raw = half_bits_t(_mm256_maskz_loadu_epi16(mask, p));
-    }
-    const bits_t wide = __builtin_convertvector(raw, bits_t) << 16;
-    return vec_t<float>(wide);
+// `count` (<= 16) consecutive floats, the other lanes 0. Fewer than 16 are read with a masked
+// load, which reads nothing past them.
+inline vec_t<float> load_floats(const float* p, int64_t count) {
+  return count == 16 ? vload(p)
+                     : vec_t<float>(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << count) - 1), p));
+}
+
+// The first `count` (<= 16) lanes stored, with a masked store when fewer than 16.
+inline void store_floats(float* p, vec_t<float> v, int64_t count) {
+  if (count == 16)
+    vstore(p, v);
+  else
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << count) - 1), __m512(v));
+}
+
+// 16 bfloat16 values as 32 bytes (fewer than 16: a masked load, zeros past `count`).
+inline __m256i load_bfloat16s(const c10::BFloat16* p, int64_t count) {
+  return count == 16 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                     : _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << count) - 1), p);
+}
+
+inline void store_bfloat16s(c10::BFloat16* p, __m256i v, int64_t count) {
+  if (count == 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+  else
+    _mm256_mask_storeu_epi16(p, static_cast<__mmask16>((1u << count) - 1), v);
+}
+
+// 16 rows of `width` (<= 16) values, `stride` apart, as 16 float vectors, one per column: lane c
+// of columns[q] is row c's value q (zero past `width`).
+inline void load_columns(const float* p, int64_t stride, int64_t width, vec_t<float>* columns) {
+  for (int64_t c = 0; c < 16; ++c) columns[c] = load_floats(p + c * stride, width);
+  transpose_stages<0, 16>(columns);
+}
+
+// bfloat16: transposed as pairs of neighbouring columns (32-bit lanes), rows c and c + 8 in one
+// register: three shuffle stages for 8 registers instead of four for 16, then each pair's even
+// column shifted into a float's top half and its odd column, already there, masked. 2.2x faster
+// than converting first and transposing floats (v14 in cpu_direct_notes.md).
+inline void load_columns(const c10::BFloat16* p, int64_t stride, int64_t width,
+                         vec_t<float>* columns) {
+  bits_t pairs[8];
+  for (int64_t c = 0; c < 8; ++c)
+    pairs[c] = bits_t(_mm512_inserti64x4(_mm512_castsi256_si512(load_bfloat16s(p + c * stride, width)),
+                                         load_bfloat16s(p + (c + 8) * stride, width), 1));
+  transpose_stages<1, 8>(pairs);
+  for (int64_t k = 0; k < 8; ++k) {
+    columns[2 * k] = vec_t<float>(pairs[k] << 16);
+    columns[2 * k + 1] = vec_t<float>(pairs[k] & 0xFFFF0000u);
   }
 }
 
-// The first `count` (<= 16) lanes stored as scalar_t (bfloat16: rounded to nearest even, NaN
-// kept a quiet NaN, as from_acc does), with a masked store when fewer than 16.
-template <typename scalar_t>
-inline void store_floats(scalar_t* p, vec_t<float> v, int64_t count) {
-  const __mmask16 mask = static_cast<__mmask16>((1u << count) - 1);
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (count == 16) {
-      vstore(p, v);
-    } else {
-      _mm512_mask_storeu_ps(p, mask, __m512(v));
-    }
-  } else {
+// The inverse of load_columns: 16 column vectors back to the first `width` values of 16 rows.
+inline void store_columns(vec_t<float>* columns, float* p, int64_t stride, int64_t width) {
+  transpose_stages<0, 16>(columns);
+  for (int64_t c = 0; c < 16; ++c) store_floats(p + c * stride, columns[c], width);
+}
+
+// bfloat16: rounded to nearest even (NaN kept a quiet NaN) as from_acc does, for every normal
+// number. With AVX512_BF16, two columns at a time by its conversion instruction (a float denormal
+// becomes a signed zero, as in oneDNN's bfloat16 convolutions, which use it), interleaved into
+// pairs and transposed as load_columns does: 2.6x faster than transposing floats (v14); without
+// it, the floats transposed and each row rounded on its raw bits.
+inline void store_columns(vec_t<float>* columns, c10::BFloat16* p, int64_t stride, int64_t width) {
 #ifdef __AVX512BF16__
-    // the AVX512_BF16 conversion: to nearest even as bfloat16_bits for every normal number (a
-    // float denormal becomes a signed zero, as in oneDNN's bfloat16 convolutions, which use it;
-    // a NaN keeps its payload, quiet). bfloat16 NCHW layers 1.05x-1.14x faster; in the
-    // channels_last tiles' stores it was slower (v13 in cpu_direct_notes.md).
-    const half_bits_t narrow = half_bits_t(_mm512_cvtneps_pbh(__m512(v)));
-#else
-    const half_bits_t narrow = bfloat16_bits(v);
-#endif
-    if (count == 16) {
-      std::memcpy(p, &narrow, sizeof narrow);
-    } else {
-      _mm256_mask_storeu_epi16(p, mask, __m256i(narrow));
-    }
+  typedef int16_t word_mask_t __attribute__((vector_size(64)));
+  constexpr word_mask_t kInterleave = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                       8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  bits_t pairs[8];
+  for (int64_t k = 0; k < 8; ++k) {
+    const word_mask_t both = word_mask_t(
+        _mm512_cvtne2ps_pbh(__m512(columns[2 * k + 1]), __m512(columns[2 * k])));
+    pairs[k] = bits_t(__builtin_shuffle(both, kInterleave));
   }
+  transpose_stages<1, 8>(pairs);
+  for (int64_t c = 0; c < 8; ++c) {
+    store_bfloat16s(p + c * stride, _mm512_castsi512_si256(__m512i(pairs[c])), width);
+    store_bfloat16s(p + (c + 8) * stride, _mm512_extracti64x4_epi64(__m512i(pairs[c]), 1), width);
+  }
+#else
+  transpose_stages<0, 16>(columns);
+  for (int64_t c = 0; c < 16; ++c) {
+    const half_bits_t narrow = bfloat16_bits(columns[c]);
+    store_bfloat16s(p + c * stride, __m256i(narrow), width);
+  }
+#endif
 }
 #endif
 
 #ifdef DIAGONALWISE_TRANSPOSE
-// The types transpose16 serves: float lanes holding float or bfloat16 values (it takes whole
-// blocks of 16 channels with unit-stride rows).
+// The types load_columns and store_columns serve: float lanes holding float or bfloat16 values
+// (they take whole blocks of 16 channels with unit-stride rows).
 template <typename scalar_t, typename acc_t>
 constexpr bool kTransposable = std::is_same_v<acc_t, float> && !std::is_same_v<scalar_t, c10::Half>;
 
@@ -1692,10 +1768,31 @@ inline void row_chunks(const Strides& s, int64_t D, int64_t H, int64_t W, const 
 }
 #endif
 
+// Zeros in the padding positions of buf (laid out [p][L] around a D x H x W volume), everywhere
+// when `all` (a block with fewer than L channels leaves lanes unwritten: they keep zeros or
+// another block's values, which only the same lanes of the results read).
+template <typename acc_t>
+void zero_padding(acc_t* buf, const Padded& p, int64_t D, int64_t H, int64_t W, bool all) {
+  constexpr int64_t L = lanes<acc_t>();
+  if (all) {
+    std::fill_n(buf, p.size() * L, acc_t(0));
+    return;
+  }
+  for (int64_t i = 0; i < p.d; ++i)
+    for (int64_t j = 0; j < p.h; ++j) {
+      acc_t* row = buf + p.at(i, j, 0) * L;
+      if (i < p.lo_d || i >= p.lo_d + D || j < p.lo_h || j >= p.lo_h + H) {
+        std::fill_n(row, p.w * L, acc_t(0));
+      } else {
+        std::fill_n(row, p.lo_w * L, acc_t(0));
+        std::fill_n(row + (p.lo_w + W) * L, (p.w - p.lo_w - W) * L, acc_t(0));
+      }
+    }
+}
+
 // Channels [0, count) of a volume (strides s) into the volume's positions of buf, laid out
-// [p][L], through transpose16 where transposable. The padding positions are never written: buf
-// is zeroed once and reused for every block of the same layout (lanes past `count` keep another
-// block's values, which only lanes past `count` of the results read).
+// [p][L], through load_columns where transposable. The padding positions are never written:
+// zero_padding fills them once for every block of the same layout.
 template <typename scalar_t, typename acc_t>
 void gather_channels(const scalar_t* v, const Strides& s, int64_t count, int64_t D, int64_t H,
                      int64_t W, const Padded& p, acc_t* buf) {
@@ -1705,9 +1802,7 @@ void gather_channels(const scalar_t* v, const Strides& s, int64_t count, int64_t
     if (count == L && s.w == 1) {
       row_chunks(s, D, H, W, [&](int64_t i, int64_t j, int64_t k, int64_t columns, int64_t width) {
         vec_t<float> r[16];
-        const scalar_t* row = v + i * s.d + j * s.h + k;
-        for (int64_t c = 0; c < 16; ++c) r[c] = load_floats(row + c * s.c, width);
-        transpose16(r);
+        load_columns(v + i * s.d + j * s.h + k, s.c, width, r);
         acc_t* out = buf + (p.at(i + p.lo_d, j + p.lo_h, p.lo_w) + k) * L;
         for (int64_t q = 0; q < columns; ++q) vstore(out + q * L, r[q]);
       });
@@ -1737,9 +1832,7 @@ void scatter_channels(const acc_t* buf, const Padded& layout, int64_t count, int
         vec_t<float> r[16];
         const acc_t* in = buf + (layout.at(i, j, 0) + k) * L;
         for (int64_t q = 0; q < 16; ++q) r[q] = q < columns ? vload(in + q * L) : vec_t<float>{};
-        transpose16(r);
-        scalar_t* row = v + i * s.d + j * s.h + k;
-        for (int64_t c = 0; c < 16; ++c) store_floats(row + c * s.c, r[c], width);
+        store_columns(r, v + i * s.d + j * s.h + k, s.c, width);
       });
       return;
     }
@@ -1757,8 +1850,8 @@ void scatter_channels(const acc_t* buf, const Padded& layout, int64_t count, int
 // The weight as [channel block][tap][L] and the bias as [channel block][L], zeros past the last
 // channel: once per call, not per (sample, block) task.
 template <typename scalar_t, typename acc_t>
-void block_weights(const scalar_t* w, const scalar_t* b, const Geometry& g, std::vector<acc_t>& wt,
-                   std::vector<acc_t>& bias) {
+void block_weights(const scalar_t* w, const scalar_t* b, const Geometry& g, Buffer<acc_t>& wt,
+                   Buffer<acc_t>& bias) {
   constexpr int64_t L = lanes<acc_t>();
   const int64_t groups = (g.C + L - 1) / L;
   wt.assign(groups * g.taps() * L, acc_t(0));
@@ -1836,10 +1929,11 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
   const Padded p = strided_layout(g), out_layout{g.OD, g.OH, g.OW, 0, 0, 0};
   const int64_t groups = (g.C + L - 1) / L;
   const WindowTaps window(g, L);
-  std::vector<acc_t> block_wt, block_bias;
+  Buffer<acc_t> block_wt, block_bias;
   block_weights(w, b, g, block_wt, block_bias);
   at::parallel_for(0, g.N * groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf(p.size() * L), out(out_layout.size() * L);
+    Buffer<acc_t> buf(p.size() * L), out(out_layout.size() * L);
+    zero_padding(buf.data(), p, g.D, g.H, g.W, g.C % L != 0);
     std::vector<int64_t> offsets(2 * g.KD * g.KH);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / groups, c0 = (task % groups) * L, count = std::min(L, g.C - c0);
@@ -1880,16 +1974,18 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
       as_forward ? strided_layout(transposed) : Padded{g.OD, g.OH, g.OW, 0, 0, 0};
   const Padded dx_layout{g.D, g.H, g.W, 0, 0, 0};
   const Strides blocked_dy(0, 1, g.OH * g.OW * L, g.OW * L, L);
-  std::vector<acc_t> partial(dw || db ? g.N * groups * sums : 0, acc_t(0)), block_wt, zeros;
+  Buffer<acc_t> partial(dw || db ? g.N * groups * sums : 0, acc_t(0)), block_wt, zeros;
   block_weights(w, static_cast<const scalar_t*>(nullptr), g, block_wt, zeros);
-  std::vector<acc_t> flipped_wt(as_forward ? block_wt.size() : 0);
+  Buffer<acc_t> flipped_wt(as_forward ? block_wt.size() : 0);
   for (int64_t group = 0; as_forward && group < groups; ++group)
     for (int64_t tap = 0; tap < taps; ++tap)
       std::copy_n(block_wt.data() + (group * taps + tap) * L, L,
                   flipped_wt.data() + (group * taps + taps - 1 - tap) * L);
   at::parallel_for(0, g.N * groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> xbuf(dw ? p.size() * L : 0), dybuf(dy_layout.size() * L);
-    std::vector<acc_t> dxbuf(dx ? dx_layout.size() * L : 0);
+    Buffer<acc_t> xbuf(dw ? p.size() * L : 0), dybuf(dy_layout.size() * L);
+    Buffer<acc_t> dxbuf(dx ? dx_layout.size() * L : 0);
+    if (dw) zero_padding(xbuf.data(), p, g.D, g.H, g.W, g.C % L != 0);
+    zero_padding(dybuf.data(), dy_layout, g.OD, g.OH, g.OW, g.C % L != 0);
     std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KW);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / groups, c0 = (task % groups) * L, count = std::min(L, g.C - c0);
