@@ -88,7 +88,12 @@ def test_unbatched_input(dims, poisoned_outputs):
     # whole windows of 5 and 7 taps (forward_tile_window, weight_grad_tile_window)
     ((5, 5), 1, 2, 1, (6, 21)),
     ((7, 7), 1, 3, 1, (9, 30)),
-], ids=lambda g: f"k{'x'.join(map(str, g[0]))}-w{g[4][1]}")
+    # stride-2 input gradients with both column phases in one tile (input_grad_pairs_tile):
+    # tiles of 16, 4 and 1 columns, clamped at both ends; rows narrower than the kernel
+    ((5, 5), 2, 2, 1, (7, 21)),
+    ((3, 3), 2, 1, 1, (4, 7)),
+    ((5, 5), 2, 2, 1, (3, 3)),
+], ids=lambda g: f"k{'x'.join(map(str, g[0]))}-s{g[1]}-w{g[4][1]}")
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
 def test_channels_inner_tiles_match_native_float64(geometry, layout, poisoned_outputs):
     """75 channels: in channels_last 9 whole float64 vectors (a group of 8 and a single one in
