@@ -290,9 +290,9 @@ inline int64_t input_rows_of(const Geometry& g, const Strides& xs, int64_t r, in
 }
 
 // A dense span of memory into the caches (prefetch hints: no fault, no effect on results): rows
-// that the next tiles read into L1 (into L2 only, the strided channels_last forwards were 1.14x
-// slower, v10); the channel blocks' whole volumes into L1 where they fit in 32 KB (10x10 and
-// 20x20 planes 1.1x-1.2x), else into L2 (into L1: weight gradient 0.9x on 112x112 planes). On
+// that the next tiles read (PrefetchRows says where); the channel blocks' whole volumes into L1
+// where they fit in 32 KB (10x10 and 20x20 planes 1.1x-1.2x), else into L2 (into L1: weight
+// gradient 0.9x on 112x112 planes). On
 // x86 as asm statements: GCC -O3 once dropped every __builtin_prefetch of this file after a
 // change elsewhere in it (v10).
 template <bool ToL1, typename T>
@@ -318,11 +318,15 @@ inline void prefetch(const T* p, int64_t count) {
 // cpu_direct_notes.md). The input gradient prefetches its row's new dy rows whole at the row's
 // start: from its tiles, the call made their code slower (stride 2: 0.7x). Without prefetches the
 // hardware prefetcher alone left the tiles waiting (16x128x56x56 forward 3.2 ms, 2.0 ms with; v6).
+// Into L1 or L2 (`to_l1`): the float weight gradient's x and dy rows into L2 (1.1x-1.8x faster
+// than into L1; bfloat16's, converted to float rows first, 0.88x-1.12x, stay in L1), the strided
+// forwards' too (1.2x-1.6x); the stride-1 forward's and the input gradient's into L1 (v16 in
+// cpu_direct_notes.md; v10 had found L2 slower for the strided forwards).
 template <typename T>
 class PrefetchRows {
  public:
-  PrefetchRows(const T* data, int64_t column_stride, int64_t columns)
-      : data_(data), column_stride_(column_stride), columns_(columns) {}
+  PrefetchRows(const T* data, int64_t column_stride, int64_t columns, bool to_l1)
+      : data_(data), column_stride_(column_stride), columns_(columns), to_l1_(to_l1) {}
 
   // The rows (pairs: offset, first tap; as input_rows/receiving_rows give them) that are not
   // among `read` (the rows of the row before them).
@@ -343,13 +347,19 @@ class PrefetchRows {
     begin = std::max<int64_t>(0, begin);
     end = std::min(end, columns_);
     for (const int64_t row : rows_)
-      for (int64_t column = begin; column < end; ++column)
-        prefetch<true>(data_ + row + column * column_stride_ + c0, channels);
+      for (int64_t column = begin; column < end; ++column) {
+        const T* span = data_ + row + column * column_stride_ + c0;
+        if (to_l1_)
+          prefetch<true>(span, channels);
+        else
+          prefetch<false>(span, channels);
+      }
   }
 
  private:
   const T* data_;
   int64_t column_stride_, columns_;
+  bool to_l1_;
   std::vector<int64_t> rows_;
 };
 
@@ -654,7 +664,7 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
     std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KD * g.KH);
     // bfloat16/half: the input rows converted to acc_t once, not once per tap and pixel
     ConvertedRows<scalar_t, acc_t> converted(g, converted_rows);
-    PrefetchRows<scalar_t> ahead(x, xs.w, g.W);
+    PrefetchRows<scalar_t> ahead(x, xs.w, g.W, g.SW == 1 && g.SH == 1 && g.SD == 1);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (g.OD * g.OH), od = (r / g.OH) % g.OD, oh = r % g.OH;
       const int64_t nrows = input_rows(g, xs, n, od, oh, offsets.data());
@@ -1025,7 +1035,7 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
   at::parallel_for(0, g.N * g.D * g.H, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(2 * g.KD * g.KH), previous(2 * g.KD * g.KH), scratch(2 * g.KW);
     ConvertedRows<scalar_t, acc_t> converted(rows_geometry, !std::is_same_v<scalar_t, acc_t>);
-    PrefetchRows<scalar_t> new_rows(dy, dys.w, g.OW);
+    PrefetchRows<scalar_t> new_rows(dy, dys.w, g.OW, true);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (g.D * g.H), id = (r / g.H) % g.D, ih = r % g.H;
       const int64_t nrows = receiving_rows(g, dys, n, id, ih, offsets.data());
@@ -1154,7 +1164,9 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
     std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KD * g.KH);
     ConvertedRows<scalar_t, acc_t> converted(g, !std::is_same_v<scalar_t, acc_t>);
     Buffer<acc_t> dy_converted(std::is_same_v<scalar_t, acc_t> ? 0 : g.OW * g.O);
-    PrefetchRows<scalar_t> x_ahead(x, xs.w, g.W), dy_ahead(dy, dys.w, g.OW);
+    constexpr bool converted_rows = !std::is_same_v<scalar_t, acc_t>;
+    PrefetchRows<scalar_t> x_ahead(x, xs.w, g.W, converted_rows);
+    PrefetchRows<scalar_t> dy_ahead(dy, dys.w, g.OW, converted_rows);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       acc_t* acc = partial.data() + chunk * stride;
       acc_t* bias_acc = acc + taps * g.O;
