@@ -104,6 +104,31 @@ def test_channels_inner_tiles_match_native_float64(geometry, layout, poisoned_ou
     assert_matches_native(2, *operands, stride, padding, dilation, 75, algorithm="cpu_direct")
 
 
+@pytest.fixture
+def streamed_outputs():
+    """Every output that can be written with streaming stores is (not only those of calls moving
+    more than 16 MB)."""
+    extension = cpu_ops._extension()
+    previous = extension.set_streaming_threshold(0)
+    yield
+    extension.set_streaming_threshold(previous)
+
+
+@pytest.mark.parametrize("geometry", [
+    ((3, 3), 1, 1, (9, 23)),  # window tiles, border columns
+    ((5, 5), 1, 2, (6, 21)),
+    ((3, 3), 2, 1, (9, 16)),  # strided forward tiles; input gradient in pair tiles
+    ((3, 3), 3, 1, (7, 17)),  # input gradient by column phases
+], ids=lambda g: f"k{'x'.join(map(str, g[0]))}-s{g[1]}")
+def test_streamed_outputs_match_native_float64(geometry, poisoned_outputs, streamed_outputs):
+    """channels_last, 40 float64 channels: columns of 5 cache lines, so the forward's output and
+    the input gradient are written with streaming stores (a group of 4 vectors and a single)."""
+    assert torch.empty(1000, dtype=torch.float64).data_ptr() % 64 == 0  # what streaming needs
+    kernel, stride, padding, sizes = geometry
+    operands = make_operands(2, 2, 40, 1, 1, kernel, sizes, True, "channels_last")
+    assert_matches_native(2, *operands, stride, padding, 1, 40, algorithm="cpu_direct")
+
+
 @settings(max_examples=300)
 @given(conv_problems(depthwise=True), st.integers(0, 2**16))
 def test_property_matches_native(problem, seed):

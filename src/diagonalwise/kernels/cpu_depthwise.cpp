@@ -12,7 +12,8 @@
 //   vector's worth of channels turned channels-innermost in cache, then the tiles above).
 //   Multiplier > 1: per (sample, channel) row, a vector over the width per tap.
 // The backward reads x and dy once for the three gradients where the order allows (planes,
-// channel blocks, row loops).
+// channel blocks, row loops). Calls moving more than 16 MB write the channels-inner forward's
+// output and input gradient (float, double) with streaming stores (streams_output).
 // Accumulation is in at::opmath_type (float for float, bfloat16, half; double for double). The
 // weight gradient reduces in a fixed order: per channel in sample/row order (width-inner), or in
 // a fixed number of row chunks summed in chunk order (channels-inner), so for a given thread
@@ -32,6 +33,7 @@
 #include <limits>
 #include <new>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -455,10 +457,18 @@ inline half_bits_t bfloat16_bits(vec_t<float> v) {
 
 // Store a vector of acc_t as out_t: bfloat16 converted in registers (through an array, lane by
 // lane, the compiler spilled the tile's accumulators: a quarter of the bfloat16 forward's time);
-// half each lane through from_acc.
+// half each lane through from_acc. `stream` (out_t == acc_t only, p on a cache line; see
+// streams_output): a non-temporal store.
 template <typename out_t, typename acc_t>
-inline void store_vector(out_t* p, vec_t<acc_t> v) {
+inline void store_vector(out_t* p, vec_t<acc_t> v, bool stream = false) {
   if constexpr (std::is_same_v<out_t, acc_t>) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<acc_t, float>) {
+      if (stream) return _mm512_stream_ps(p, __m512(v));
+    } else if constexpr (std::is_same_v<acc_t, double>) {
+      if (stream) return _mm512_stream_pd(p, __m512d(v));
+    }
+#endif
     vstore(p, v);
   } else if constexpr (std::is_same_v<out_t, c10::BFloat16>) {
     const half_bits_t narrow = bfloat16_bits(v);
@@ -469,6 +479,37 @@ inline void store_vector(out_t* p, vec_t<acc_t> v) {
 #pragma omp simd
     for (int64_t j = 0; j < lanes<acc_t>(); ++j) p[j] = from_acc<out_t>(values[j]);
   }
+}
+
+// Below this many bytes read and written by one call, outputs are stored through the caches; above
+// it, where every store fills a whole cache line, with non-temporal (streaming) stores: a store
+// through the caches first reads its line from memory, so a large output cost its size twice in
+// reads and writes. On this 32 MB-L3 EPYC (v17 in cpu_direct_notes.md), with the output read
+// back right after: float32 channels_last forwards of 51 MB (input and output) 1.2x-1.4x, input
+// gradients of 19-77 MB 1.2x-1.5x; forwards of 6-13 MB, whose data stay in the L3 between
+// calls, 0.8x (the threshold keeps those cached).
+int64_t streaming_threshold = int64_t(16) << 20;
+
+// Whether a kernel writing `out` (as the kernels allocate it: columns `column_stride` elements
+// of out_t apart, rows whole numbers of columns; vectors of acc_t from the column starts) as part
+// of a call moving `bytes` streams its stores; then each thread calls stream_fence() after its
+// last one.
+template <typename out_t, typename acc_t>
+bool streams_output(const out_t* out, int64_t column_stride, int64_t bytes) {
+#if defined(__AVX512F__)
+  return std::is_same_v<out_t, acc_t> && sizeof(vec_t<acc_t>) == 64 &&
+         reinterpret_cast<uintptr_t>(out) % 64 == 0 &&
+         (column_stride * int64_t(sizeof(out_t))) % 64 == 0 && bytes > streaming_threshold;
+#else
+  return false;
+#endif
+}
+
+// Non-temporal stores are weakly ordered: fenced before the output is read (by another thread).
+inline void stream_fence() {
+#if defined(__AVX512F__)
+  _mm_sfence();
+#endif
 }
 
 template <int64_t V>
@@ -574,7 +615,7 @@ template <typename out_t, typename acc_t, int64_t TW, int64_t NB, int64_t KW, bo
 [[gnu::always_inline]] inline void forward_tile_window(
     const acc_t* x, int64_t column_step, const acc_t* wt, int64_t wt_step, const acc_t* bias,
     out_t* y, int64_t ysw, const int64_t* row_offsets, int64_t nrows, bool flipped, int64_t lo,
-    int64_t hi) {
+    int64_t hi, bool stream) {
   constexpr int64_t L = lanes<acc_t>();
   for (int64_t j = 0; j < NB; ++j) {
     vec_t<acc_t> acc[TW];
@@ -597,7 +638,8 @@ template <typename out_t, typename acc_t, int64_t TW, int64_t NB, int64_t KW, bo
       }
     }
 #pragma GCC unroll 16
-    for (int64_t i = 0; i < TW; ++i) store_vector<out_t, acc_t>(y + i * ysw + j * L, acc[i]);
+    for (int64_t i = 0; i < TW; ++i)
+      store_vector<out_t, acc_t>(y + i * ysw + j * L, acc[i], stream);
   }
 }
 
@@ -608,14 +650,15 @@ template <typename out_t, typename acc_t, int64_t TW, int64_t NB, int64_t KW, bo
 template <typename out_t, typename acc_t, int64_t TW, int64_t NB>
 [[gnu::always_inline]] inline void forward_tile(
     const acc_t* x, int64_t column_step, const acc_t* wt, int64_t wt_step, const acc_t* bias,
-    out_t* y, int64_t ysw, const int64_t* row_offsets, int64_t nrows, const ColumnTaps& taps) {
+    out_t* y, int64_t ysw, const int64_t* row_offsets, int64_t nrows, const ColumnTaps& taps,
+    bool stream = false) {
   // the window's first column: tap 0's, or the last tap's when flipped (taps without a window
   // may be none)
   const acc_t* xw = taps.window ? x + taps.offset[taps.flipped ? taps.count - 1 : 0] : x;
   if (with_window<TW>(taps, [&](auto kw, auto clamp) __attribute__((always_inline)) {
         forward_tile_window<out_t, acc_t, TW, NB, decltype(kw)::value, decltype(clamp)::value>(
             xw, column_step, wt, wt_step, bias, y, ysw, row_offsets, nrows, taps.flipped, taps.lo,
-            taps.hi);
+            taps.hi, stream);
       }))
     return;
   constexpr int64_t L = lanes<acc_t>();
@@ -637,7 +680,8 @@ template <typename out_t, typename acc_t, int64_t TW, int64_t NB>
     }
   }
   for (int64_t i = 0; i < TW; ++i)
-    for (int64_t j = 0; j < NB; ++j) store_vector<out_t, acc_t>(y + i * ysw + j * L, acc[i][j]);
+    for (int64_t j = 0; j < NB; ++j)
+      store_vector<out_t, acc_t>(y + i * ysw + j * L, acc[i][j], stream);
 }
 
 // Forward, channels innermost, multiplier 1: per output row, tiles of output columns x channel
@@ -660,6 +704,8 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
   const int64_t xsw = converted_rows ? g.C : xs.w;
   const WindowTaps window(g, xsw);
   const RowBounds bounds{true, g.PW, g.W};
+  const bool stream = streams_output<scalar_t, acc_t>(
+      y, ys.w, (g.N * g.C * g.D * g.H * g.W + rows * g.OW * g.O) * int64_t(sizeof(scalar_t)));
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KD * g.KH);
     // bfloat16/half: the input rows converted to acc_t once, not once per tap and pixel
@@ -686,7 +732,7 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
                                c0, NB * L);
         forward_tile<scalar_t, acc_t, TW, NB>(
             xr + (ow * g.SW - g.PW) * xsw + c0, g.SW * xsw, wt.data() + c0, g.O,
-            bias.data() + c0, yrow + ow * ys.w + c0, ys.w, offsets.data(), nrows, taps);
+            bias.data() + c0, yrow + ow * ys.w + c0, ys.w, offsets.data(), nrows, taps, stream);
       };
       tile_row(g.OW, first, last, blocks, L, window.all(),
                [&](int64_t ow) { return window.of_column(ow); }, tile, bounds);
@@ -702,6 +748,7 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
         }
       }
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -895,7 +942,7 @@ inline bool has_pair_tiles(const Geometry& g) {
 template <typename out_t, typename acc_t, int64_t TW, int64_t NB, int64_t KW, bool CLAMP>
 inline void input_grad_pairs_tile(const acc_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
                                   out_t* dx, int64_t dxsw, const int64_t* offsets, int64_t nrows,
-                                  int64_t j0, int64_t OW) {
+                                  int64_t j0, int64_t OW, bool stream) {
   constexpr int64_t L = lanes<acc_t>(), PW = KW / 2, first = -(PW / 2);
   constexpr int64_t last = (TW - 1 + PW) / 2 + 1;
   vec_t<acc_t> acc[TW][NB];
@@ -923,7 +970,7 @@ inline void input_grad_pairs_tile(const acc_t* dy, int64_t dysw, const acc_t* wt
   }
   for (int64_t t = 0; t < TW; ++t)
     for (int64_t b = 0; b < NB; ++b)
-      store_vector<out_t, acc_t>(dx + t * dxsw + b * L, acc[t][b]);
+      store_vector<out_t, acc_t>(dx + t * dxsw + b * L, acc[t][b], stream);
 }
 
 // Calls input_grad_pairs_tile over dx columns [i0, W) for the NB channel vectors at dy, dx, wt:
@@ -931,21 +978,21 @@ inline void input_grad_pairs_tile(const acc_t* dy, int64_t dysw, const acc_t* wt
 template <typename out_t, typename acc_t, int64_t KW, int64_t NB, int64_t TW = 16 / NB>
 inline void input_grad_pairs(const acc_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
                              out_t* dx, int64_t dxsw, const int64_t* offsets, int64_t nrows,
-                             int64_t i0, int64_t W, int64_t OW) {
+                             int64_t i0, int64_t W, int64_t OW, bool stream) {
   constexpr int64_t PW = KW / 2;
   for (; i0 + TW <= W; i0 += TW) {
     const int64_t j0 = i0 / 2;
     const bool inside = j0 - PW / 2 >= 0 && j0 + (TW - 1 + PW) / 2 < OW;
     if (inside)
       input_grad_pairs_tile<out_t, acc_t, TW, NB, KW, false>(dy, dysw, wt, wt_step, dx + i0 * dxsw,
-                                                             dxsw, offsets, nrows, j0, OW);
+                                                             dxsw, offsets, nrows, j0, OW, stream);
     else
       input_grad_pairs_tile<out_t, acc_t, TW, NB, KW, true>(dy, dysw, wt, wt_step, dx + i0 * dxsw,
-                                                            dxsw, offsets, nrows, j0, OW);
+                                                            dxsw, offsets, nrows, j0, OW, stream);
   }
   if constexpr (TW > 1)
     input_grad_pairs<out_t, acc_t, KW, NB, TW / 2>(dy, dysw, wt, wt_step, dx, dxsw, offsets,
-                                                   nrows, i0, W, OW);
+                                                   nrows, i0, W, OW, stream);
 }
 
 // input_grad_pairs over `blocks` channel vectors. Rows of 48 columns and more in groups of NB
@@ -955,34 +1002,35 @@ inline void input_grad_pairs(const acc_t* dy, int64_t dysw, const acc_t* wt, int
 template <typename out_t, typename acc_t, int64_t KW>
 void input_grad_pairs_row(const acc_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
                           out_t* dx, int64_t dxsw, const int64_t* offsets, int64_t nrows,
-                          int64_t blocks, int64_t W, int64_t OW) {
+                          int64_t blocks, int64_t W, int64_t OW, bool stream) {
   constexpr int64_t L = lanes<acc_t>(), NB = KW == 3 ? 4 : 2;
   int64_t c0 = 0;
   for (; W >= 48 && c0 + NB * L <= blocks * L; c0 += NB * L)
     input_grad_pairs<out_t, acc_t, KW, NB>(dy + c0, dysw, wt + c0, wt_step, dx + c0, dxsw,
-                                           offsets, nrows, 0, W, OW);
+                                           offsets, nrows, 0, W, OW, stream);
   for (; c0 < blocks * L; c0 += L)
     input_grad_pairs<out_t, acc_t, KW, 1>(dy + c0, dysw, wt + c0, wt_step, dx + c0, dxsw, offsets,
-                                          nrows, 0, W, OW);
+                                          nrows, 0, W, OW, stream);
 }
 
 // One input row's gradient, `channels` innermost (whole vectors of L through the tiles, then the
 // tail one at a time): dy's rows at `offsets` (column stride dysw), weights [tap][wt_step],
-// `zeros` at least `channels` long; dx's columns dxsw apart. `scratch` holds 2 * KW.
+// `zeros` at least `channels` long; dx's columns dxsw apart. `scratch` holds 2 * KW. `stream`:
+// see streams_output.
 template <typename out_t, typename acc_t>
 void input_grad_row(const acc_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
                     const acc_t* zeros, const int64_t* offsets, int64_t nrows,
                     const std::vector<ColumnPhase>& phases, const Geometry& g, int64_t channels,
-                    out_t* dx, int64_t dxsw, int64_t* scratch) {
+                    out_t* dx, int64_t dxsw, int64_t* scratch, bool stream = false) {
   constexpr int64_t L = lanes<acc_t>();
   const int64_t blocks = channels / L;
   const bool pairs = has_pair_tiles(g);
   if (pairs && g.KW == 3)
     input_grad_pairs_row<out_t, acc_t, 3>(dy, dysw, wt, wt_step, dx, dxsw, offsets, nrows, blocks,
-                                          g.W, g.OW);
+                                          g.W, g.OW, stream);
   else if (pairs)
     input_grad_pairs_row<out_t, acc_t, 5>(dy, dysw, wt, wt_step, dx, dxsw, offsets, nrows, blocks,
-                                          g.W, g.OW);
+                                          g.W, g.OW, stream);
   for (int64_t p = 0; p < g.SW; ++p) {
     const ColumnPhase& phase = phases[p];
     // at stride 1 without dilation every tap reads consecutive dy columns: a flipped window
@@ -1002,7 +1050,7 @@ void input_grad_row(const acc_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_s
     auto tile = [&](auto tw, auto nb, int64_t j, int64_t c0, const ColumnTaps& taps) {
       forward_tile<out_t, acc_t, decltype(tw)::value, decltype(nb)::value>(
           dy + j * dysw + c0, dysw, wt + c0, wt_step, zeros + c0, dx + (p + g.SW * j) * dxsw + c0,
-          g.SW * dxsw, offsets, nrows, taps);
+          g.SW * dxsw, offsets, nrows, taps, stream);
     };
     if (!pairs) tile_row(phase.columns, phase.first, phase.last, blocks, L, interior, border, tile);
     for (int64_t j = 0; blocks * L < channels && j < phase.columns; ++j) {  // the channel tail
@@ -1032,6 +1080,9 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
   // column stride of the rows the tiles read: dy's, or the converted rows' (bfloat16/half)
   const int64_t dysw = std::is_same_v<scalar_t, acc_t> ? dys.w : g.O;
   const std::vector<ColumnPhase> phases = column_phases(g, dysw);
+  const bool stream = streams_output<scalar_t, acc_t>(
+      dx, dxs.w, (2 * g.N * g.C * g.D * g.H * g.W + g.N * g.OD * g.OH * g.OW * g.O) *
+                     int64_t(sizeof(scalar_t)));
   at::parallel_for(0, g.N * g.D * g.H, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(2 * g.KD * g.KH), previous(2 * g.KD * g.KH), scratch(2 * g.KW);
     ConvertedRows<scalar_t, acc_t> converted(rows_geometry, !std::is_same_v<scalar_t, acc_t>);
@@ -1053,8 +1104,9 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
         dyr = converted.data();
       }
       input_grad_row(dyr, dysw, wt.data(), g.O, zeros.data(), offsets.data(), nrows, phases, g,
-                     g.C, dx + n * dxs.n + id * dxs.d + ih * dxs.h, dxs.w, scratch.data());
+                     g.C, dx + n * dxs.n + id * dxs.d + ih * dxs.h, dxs.w, scratch.data(), stream);
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -2171,6 +2223,8 @@ bool use_blocked(const Geometry& g) { return g.M == 1; }
 namespace diagonalwise {
 
 void set_poison_outputs(bool on) { poison_outputs = on; }
+
+int64_t set_streaming_threshold(int64_t bytes) { return std::exchange(streaming_threshold, bytes); }
 
 at::Tensor depthwise_forward(const at::Tensor& x, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, at::IntArrayRef stride,

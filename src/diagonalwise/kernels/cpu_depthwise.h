@@ -26,4 +26,8 @@ std::vector<at::Tensor> depthwise_backward(const at::Tensor& grad_output, const 
 // write shows up.
 void set_poison_outputs(bool on);
 
+// Tests: the bytes a call moves above which large outputs are written with streaming stores (the
+// default: 16 MB; 0 streams every output that can be); returns the previous threshold.
+int64_t set_streaming_threshold(int64_t bytes);
+
 }  // namespace diagonalwise

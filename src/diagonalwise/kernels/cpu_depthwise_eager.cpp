@@ -147,4 +147,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &diagonalwise::depthwise_backward, "its input, weight and bias gradients");
   m.def("depthwise", &depthwise, "a 1D/2D/3D depthwise convolution with autograd (eager calls)");
   m.def("set_poison", &diagonalwise::set_poison_outputs, "fill outputs with NaN first (tests)");
+  m.def("set_streaming_threshold", &diagonalwise::set_streaming_threshold,
+        "bytes moved above which outputs are streamed (tests)");
 }
