@@ -302,6 +302,18 @@ def test_bfloat16_results_are_the_float32_results_rounded(layout, channels, size
     """bfloat16 accumulates in float32 in the float32 path's order, so its output and all three
     gradients are the float32 path's on the same operands, rounded to nearest even (torch's
     rounding), to the bit: a store that truncated would differ in about half the values."""
+    assert_bfloat16_is_float32_rounded(layout, channels, size, stride)
+
+
+@pytest.mark.parametrize("size, stride", [(13, 1), (14, 2), (13, 3)])
+def test_streamed_bfloat16_rows_are_the_float32_results_rounded(size, stride, poisoned_outputs,
+                                                                 streamed_outputs):
+    """channels_last bfloat16 with 32 channels (rows of whole cache lines): the forward's output
+    rows and the input gradient's staged in a buffer and streamed whole, every element written."""
+    assert_bfloat16_is_float32_rounded("channels_last", 32, size, stride)
+
+
+def assert_bfloat16_is_float32_rounded(layout, channels, size, stride):
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, channels, size, size, generator=generator).to(torch.bfloat16)

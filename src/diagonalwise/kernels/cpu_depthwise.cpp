@@ -13,7 +13,8 @@
 //   Multiplier > 1: per (sample, channel) row, a vector over the width per tap.
 // The backward reads x and dy once for the three gradients where the order allows (planes,
 // channel blocks, row loops). Calls moving more than 16 MB write the channels-inner forward's
-// output and input gradient (float, double) with streaming stores (streams_output).
+// output and input gradient with streaming stores (float, double: streams_output; bfloat16,
+// half: rows staged, streams_rows).
 // Accumulation is in at::opmath_type (float for float, bfloat16, half; double for double). The
 // weight gradient reduces in a fixed order: per channel in sample/row order (width-inner), or in
 // a fixed number of row chunks summed in chunk order (channels-inner), so for a given thread
@@ -505,6 +506,36 @@ bool streams_output(const out_t* out, int64_t column_stride, int64_t bytes) {
 #endif
 }
 
+// Whether a kernel writing `out` (as the kernels allocate it: channels innermost, rows of
+// `row_stride` elements whole numbers of cache lines) as part of a call moving `bytes` stages
+// each row in a buffer and streams it whole (stream_row): bfloat16 and half, whose tiles store
+// half lines (streamed where they stood, the two halves of a line written a row apart: 0.68x;
+// v17 and v18 in cpu_direct_notes.md).
+template <typename out_t, typename acc_t>
+bool streams_rows(const out_t* out, int64_t row_stride, int64_t bytes) {
+#if defined(__AVX512F__)
+  return !std::is_same_v<out_t, acc_t> && reinterpret_cast<uintptr_t>(out) % 64 == 0 &&
+         (row_stride * int64_t(sizeof(out_t))) % 64 == 0 && bytes > streaming_threshold;
+#else
+  return false;
+#endif
+}
+
+// `count` elements from a staged row (a Buffer) to `out`, both on cache lines, count * sizeof(T) a
+// whole number of lines: non-temporal stores.
+template <typename T>
+inline void stream_row(const T* row, T* out, int64_t count) {
+#if defined(__AVX512F__)
+  const char* from = reinterpret_cast<const char*>(row);
+  char* to = reinterpret_cast<char*>(out);
+  for (int64_t i = 0; i < count * int64_t(sizeof(T)); i += 64)
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(to + i),
+                        _mm512_load_si512(reinterpret_cast<const __m512i*>(from + i)));
+#else
+  std::copy_n(row, count, out);
+#endif
+}
+
 // Non-temporal stores are weakly ordered: fenced before the output is read (by another thread).
 inline void stream_fence() {
 #if defined(__AVX512F__)
@@ -704,10 +735,12 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
   const int64_t xsw = converted_rows ? g.C : xs.w;
   const WindowTaps window(g, xsw);
   const RowBounds bounds{true, g.PW, g.W};
-  const bool stream = streams_output<scalar_t, acc_t>(
-      y, ys.w, (g.N * g.C * g.D * g.H * g.W + rows * g.OW * g.O) * int64_t(sizeof(scalar_t)));
+  const int64_t bytes = (g.N * g.C * g.D * g.H * g.W + rows * g.OW * g.O) * sizeof(scalar_t);
+  const bool stream = streams_output<scalar_t, acc_t>(y, ys.w, bytes);
+  const bool staged = ys.w == g.O && streams_rows<scalar_t, acc_t>(y, ys.h, bytes);
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KD * g.KH);
+    Buffer<scalar_t> staged_row(staged ? g.OW * g.O : 0);
     // bfloat16/half: the input rows converted to acc_t once, not once per tap and pixel
     ConvertedRows<scalar_t, acc_t> converted(g, converted_rows);
     PrefetchRows<scalar_t> ahead(x, xs.w, g.W, g.SW == 1 && g.SH == 1 && g.SD == 1);
@@ -718,7 +751,8 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
       if (r + 1 < end)
         ahead.set(scratch.data(), input_rows_of(g, xs, r + 1, scratch.data()), offsets.data(),
                   nrows);
-      scalar_t* yrow = y + n * ys.n + od * ys.d + oh * ys.h;
+      scalar_t* const target = y + n * ys.n + od * ys.d + oh * ys.h;
+      scalar_t* const yrow = staged ? staged_row.data() : target;
       const acc_t* xr;
       if constexpr (converted_rows) {
         converted.convert(x, xs, g, nrows, offsets.data());
@@ -747,8 +781,9 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
           yrow[ow * ys.w + o] = from_acc<scalar_t>(a);
         }
       }
+      if (staged) stream_row(yrow, target, g.OW * g.O);
     }
-    if (stream) stream_fence();
+    if (stream || staged) stream_fence();
   });
 }
 
@@ -1080,10 +1115,12 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
   // column stride of the rows the tiles read: dy's, or the converted rows' (bfloat16/half)
   const int64_t dysw = std::is_same_v<scalar_t, acc_t> ? dys.w : g.O;
   const std::vector<ColumnPhase> phases = column_phases(g, dysw);
-  const bool stream = streams_output<scalar_t, acc_t>(
-      dx, dxs.w, (2 * g.N * g.C * g.D * g.H * g.W + g.N * g.OD * g.OH * g.OW * g.O) *
-                     int64_t(sizeof(scalar_t)));
+  const int64_t bytes =
+      (2 * g.N * g.C * g.D * g.H * g.W + g.N * g.OD * g.OH * g.OW * g.O) * sizeof(scalar_t);
+  const bool stream = streams_output<scalar_t, acc_t>(dx, dxs.w, bytes);
+  const bool staged = dxs.w == g.C && streams_rows<scalar_t, acc_t>(dx, dxs.h, bytes);
   at::parallel_for(0, g.N * g.D * g.H, 1, [&](int64_t begin, int64_t end) {
+    Buffer<scalar_t> staged_row(staged ? g.W * g.C : 0);
     std::vector<int64_t> offsets(2 * g.KD * g.KH), previous(2 * g.KD * g.KH), scratch(2 * g.KW);
     ConvertedRows<scalar_t, acc_t> converted(rows_geometry, !std::is_same_v<scalar_t, acc_t>);
     PrefetchRows<scalar_t> new_rows(dy, dys.w, g.OW, true);
@@ -1103,10 +1140,12 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
         converted.convert(dy, dys, rows_geometry, nrows, offsets.data());
         dyr = converted.data();
       }
+      scalar_t* const target = dx + n * dxs.n + id * dxs.d + ih * dxs.h;
       input_grad_row(dyr, dysw, wt.data(), g.O, zeros.data(), offsets.data(), nrows, phases, g,
-                     g.C, dx + n * dxs.n + id * dxs.d + ih * dxs.h, dxs.w, scratch.data(), stream);
+                     g.C, staged ? staged_row.data() : target, dxs.w, scratch.data(), stream);
+      if (staged) stream_row(staged_row.data(), target, g.W * g.C);
     }
-    if (stream) stream_fence();
+    if (stream || staged) stream_fence();
   });
 }
 
