@@ -6,11 +6,11 @@
 // - channels innermost (channels_last: x.stride(1) == 1): register tiles of output columns x
 //   channel vectors take every tap; parallel over output rows (input gradient: over input rows,
 //   by column phase when strided; weight gradient: over fixed chunks of rows).
-// - otherwise (NCDHW or any strided view), multiplier 1: stride-1 planes above 56x56 as whole
-//   planes (each (sample, channel) volume copied once into a padded buffer, one long loop per
-//   tap); strided layers and smaller planes as channel blocks (a sample's volumes of one
-//   vector's worth of channels turned channels-innermost in cache, then the tiles above).
-//   Multiplier > 1: per (sample, channel) row, a vector over the width per tap.
+// - otherwise (NCDHW or any strided view), multiplier 1: channel blocks (a sample's volumes of
+//   one vector's worth of channels turned channels-innermost in cache, then the tiles above).
+//   Multiplier > 1: stride 1 as whole planes (each (sample, channel) volume copied once into a
+//   padded buffer, one long loop per tap); strided, per (sample, channel) row, a vector over the
+//   width per tap.
 // The backward reads x and dy once for the three gradients where the order allows (planes,
 // channel blocks, row loops). Calls moving more than 16 MB write the channels-inner forward's
 // output and input gradient with streaming stores (float, double: streams_output; bfloat16,
