@@ -13,8 +13,8 @@
 //   width per tap.
 // The backward reads x and dy once for the three gradients where the order allows (planes,
 // channel blocks, row loops). Calls moving more than 16 MB write the channels-inner forward's
-// output and input gradient with streaming stores (float, double: streams_output; bfloat16,
-// half: rows staged, streams_rows).
+// output and input gradient with streaming stores (float, double from the tiles; bfloat16,
+// half: rows staged; OutputStreaming).
 // Accumulation is in at::opmath_type (float for float, bfloat16, half; double for double). The
 // weight gradient reduces in a fixed order: per channel in sample/row order (width-inner), or in
 // a fixed number of row chunks summed in chunk order (channels-inner), so for a given thread
@@ -459,7 +459,7 @@ inline half_bits_t bfloat16_bits(vec_t<float> v) {
 // Store a vector of acc_t as out_t: bfloat16 converted in registers (through an array, lane by
 // lane, the compiler spilled the tile's accumulators: a quarter of the bfloat16 forward's time);
 // half each lane through from_acc. `stream` (out_t == acc_t only, p on a cache line; see
-// streams_output): a non-temporal store.
+// OutputStreaming::direct): a non-temporal store.
 template <typename out_t, typename acc_t>
 inline void store_vector(out_t* p, vec_t<acc_t> v, bool stream = false) {
   if constexpr (std::is_same_v<out_t, acc_t>) {
@@ -491,35 +491,32 @@ inline void store_vector(out_t* p, vec_t<acc_t> v, bool stream = false) {
 // calls, 0.8x (the threshold keeps those cached).
 int64_t streaming_threshold = int64_t(16) << 20;
 
-// Whether a kernel writing `out` (as the kernels allocate it: columns `column_stride` elements
-// of out_t apart, rows whole numbers of columns; vectors of acc_t from the column starts) as part
-// of a call moving `bytes` streams its stores; then each thread calls stream_fence() after its
-// last one.
-template <typename out_t, typename acc_t>
-bool streams_output(const out_t* out, int64_t column_stride, int64_t bytes) {
-#if defined(__AVX512F__)
-  return std::is_same_v<out_t, acc_t> && sizeof(vec_t<acc_t>) == 64 &&
-         reinterpret_cast<uintptr_t>(out) % 64 == 0 &&
-         (column_stride * int64_t(sizeof(out_t))) % 64 == 0 && bytes > streaming_threshold;
-#else
-  return false;
-#endif
-}
+// How a channels-inner kernel writes its output (as the kernels allocate it: columns
+// `column_stride` elements apart, rows `row_stride`, `channels` per column) in a call moving
+// `bytes`: through the caches up to streaming_threshold, above it with streaming stores where
+// they fill whole cache lines. `direct`: float and double, the tiles' stores streamed (columns of
+// whole lines). `staged`: bfloat16 and half, whose tiles store half lines (streamed where they
+// stood, the two halves of a line written a row apart: 0.68x; v17 and v18 in
+// cpu_direct_notes.md), each row staged in a buffer and streamed whole by stream_row (dense rows
+// of whole lines). Either way each thread calls stream_fence() after its last streamed store.
+template <typename scalar_t>
+struct OutputStreaming {
+  bool direct = false, staged = false;
 
-// Whether a kernel writing `out` (as the kernels allocate it: channels innermost, rows of
-// `row_stride` elements whole numbers of cache lines) as part of a call moving `bytes` stages
-// each row in a buffer and streams it whole (stream_row): bfloat16 and half, whose tiles store
-// half lines (streamed where they stood, the two halves of a line written a row apart: 0.68x;
-// v17 and v18 in cpu_direct_notes.md).
-template <typename out_t, typename acc_t>
-bool streams_rows(const out_t* out, int64_t row_stride, int64_t bytes) {
+  OutputStreaming(const scalar_t* out, int64_t column_stride, int64_t row_stride,
+                  int64_t channels, int64_t bytes) {
 #if defined(__AVX512F__)
-  return !std::is_same_v<out_t, acc_t> && reinterpret_cast<uintptr_t>(out) % 64 == 0 &&
-         (row_stride * int64_t(sizeof(out_t))) % 64 == 0 && bytes > streaming_threshold;
-#else
-  return false;
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr int64_t size = sizeof(scalar_t);
+    if (reinterpret_cast<uintptr_t>(out) % 64 != 0 || bytes <= streaming_threshold) return;
+    if constexpr (std::is_same_v<scalar_t, acc_t>)
+      direct = sizeof(vec_t<acc_t>) == 64 && column_stride * size % 64 == 0;
+    else
+      staged = column_stride == channels && row_stride * size % 64 == 0;
 #endif
-}
+  }
+  bool any() const { return direct || staged; }
+};
 
 // `count` elements from a staged row (a Buffer) to `out`, both on cache lines, count * sizeof(T) a
 // whole number of lines: non-temporal stores.
@@ -736,11 +733,10 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
   const WindowTaps window(g, xsw);
   const RowBounds bounds{true, g.PW, g.W};
   const int64_t bytes = (g.N * g.C * g.D * g.H * g.W + rows * g.OW * g.O) * sizeof(scalar_t);
-  const bool stream = streams_output<scalar_t, acc_t>(y, ys.w, bytes);
-  const bool staged = ys.w == g.O && streams_rows<scalar_t, acc_t>(y, ys.h, bytes);
+  const OutputStreaming<scalar_t> streaming(y, ys.w, ys.h, g.O, bytes);
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KD * g.KH);
-    Buffer<scalar_t> staged_row(staged ? g.OW * g.O : 0);
+    Buffer<scalar_t> staged_row(streaming.staged ? g.OW * g.O : 0);
     // bfloat16/half: the input rows converted to acc_t once, not once per tap and pixel
     ConvertedRows<scalar_t, acc_t> converted(g, converted_rows);
     PrefetchRows<scalar_t> ahead(x, xs.w, g.W, g.SW == 1 && g.SH == 1 && g.SD == 1);
@@ -752,7 +748,7 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
         ahead.set(scratch.data(), input_rows_of(g, xs, r + 1, scratch.data()), offsets.data(),
                   nrows);
       scalar_t* const target = y + n * ys.n + od * ys.d + oh * ys.h;
-      scalar_t* const yrow = staged ? staged_row.data() : target;
+      scalar_t* const yrow = streaming.staged ? staged_row.data() : target;
       const acc_t* xr;
       if constexpr (converted_rows) {
         converted.convert(x, xs, g, nrows, offsets.data());
@@ -766,7 +762,8 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
                                c0, NB * L);
         forward_tile<scalar_t, acc_t, TW, NB>(
             xr + (ow * g.SW - g.PW) * xsw + c0, g.SW * xsw, wt.data() + c0, g.O,
-            bias.data() + c0, yrow + ow * ys.w + c0, ys.w, offsets.data(), nrows, taps, stream);
+            bias.data() + c0, yrow + ow * ys.w + c0, ys.w, offsets.data(), nrows, taps,
+            streaming.direct);
       };
       tile_row(g.OW, first, last, blocks, L, window.all(),
                [&](int64_t ow) { return window.of_column(ow); }, tile, bounds);
@@ -781,9 +778,9 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
           yrow[ow * ys.w + o] = from_acc<scalar_t>(a);
         }
       }
-      if (staged) stream_row(yrow, target, g.OW * g.O);
+      if (streaming.staged) stream_row(yrow, target, g.OW * g.O);
     }
-    if (stream || staged) stream_fence();
+    if (streaming.any()) stream_fence();
   });
 }
 
@@ -1051,7 +1048,7 @@ void input_grad_pairs_row(const acc_t* dy, int64_t dysw, const acc_t* wt, int64_
 // One input row's gradient, `channels` innermost (whole vectors of L through the tiles, then the
 // tail one at a time): dy's rows at `offsets` (column stride dysw), weights [tap][wt_step],
 // `zeros` at least `channels` long; dx's columns dxsw apart. `scratch` holds 2 * KW. `stream`:
-// see streams_output.
+// see OutputStreaming::direct.
 template <typename out_t, typename acc_t>
 void input_grad_row(const acc_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
                     const acc_t* zeros, const int64_t* offsets, int64_t nrows,
@@ -1117,10 +1114,9 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
   const std::vector<ColumnPhase> phases = column_phases(g, dysw);
   const int64_t bytes =
       (2 * g.N * g.C * g.D * g.H * g.W + g.N * g.OD * g.OH * g.OW * g.O) * sizeof(scalar_t);
-  const bool stream = streams_output<scalar_t, acc_t>(dx, dxs.w, bytes);
-  const bool staged = dxs.w == g.C && streams_rows<scalar_t, acc_t>(dx, dxs.h, bytes);
+  const OutputStreaming<scalar_t> streaming(dx, dxs.w, dxs.h, g.C, bytes);
   at::parallel_for(0, g.N * g.D * g.H, 1, [&](int64_t begin, int64_t end) {
-    Buffer<scalar_t> staged_row(staged ? g.W * g.C : 0);
+    Buffer<scalar_t> staged_row(streaming.staged ? g.W * g.C : 0);
     std::vector<int64_t> offsets(2 * g.KD * g.KH), previous(2 * g.KD * g.KH), scratch(2 * g.KW);
     ConvertedRows<scalar_t, acc_t> converted(rows_geometry, !std::is_same_v<scalar_t, acc_t>);
     PrefetchRows<scalar_t> new_rows(dy, dys.w, g.OW, true);
@@ -1142,10 +1138,11 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
       }
       scalar_t* const target = dx + n * dxs.n + id * dxs.d + ih * dxs.h;
       input_grad_row(dyr, dysw, wt.data(), g.O, zeros.data(), offsets.data(), nrows, phases, g,
-                     g.C, staged ? staged_row.data() : target, dxs.w, scratch.data(), stream);
-      if (staged) stream_row(staged_row.data(), target, g.W * g.C);
+                     g.C, streaming.staged ? staged_row.data() : target, dxs.w, scratch.data(),
+                     streaming.direct);
+      if (streaming.staged) stream_row(staged_row.data(), target, g.W * g.C);
     }
-    if (stream || staged) stream_fence();
+    if (streaming.any()) stream_fence();
   });
 }
 
