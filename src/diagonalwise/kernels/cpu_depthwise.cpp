@@ -456,9 +456,25 @@ inline half_bits_t bfloat16_bits(vec_t<float> v) {
   return __builtin_convertvector(result, half_bits_t);
 }
 
+// A vector of acc_t from the lanes<acc_t>() values of in_t at p: bfloat16 (a float's top half)
+// widened in registers, where converting whole rows to float first took a pass through memory
+// and twice the cache for the tiles' reads (v19 in cpu_direct_notes.md).
+template <typename acc_t, typename in_t>
+inline vec_t<acc_t> vload_as(const in_t* p) {
+  if constexpr (std::is_same_v<in_t, acc_t>) {
+    return vload(p);
+  } else {
+    static_assert(std::is_same_v<in_t, c10::BFloat16> && std::is_same_v<acc_t, float>);
+    half_bits_t narrow;
+    std::memcpy(&narrow, p, sizeof narrow);
+    return vec_t<float>(__builtin_convertvector(narrow, bits_t) << 16);
+  }
+}
+
 // Store a vector of acc_t as out_t: bfloat16 converted in registers (through an array, lane by
-// lane, the compiler spilled the tile's accumulators: a quarter of the bfloat16 forward's time);
-// half each lane through from_acc. `stream` (out_t == acc_t only, p on a cache line; see
+// lane, the compiler spilled the tile's accumulators: a quarter of the bfloat16 forward's time),
+// with AVX512_BF16 by its instruction (store_columns' rounding, v19), else on the raw bits; half
+// each lane through from_acc. `stream` (out_t == acc_t only, p on a cache line; see
 // OutputStreaming::direct): a non-temporal store.
 template <typename out_t, typename acc_t>
 inline void store_vector(out_t* p, vec_t<acc_t> v, bool stream = false) {
@@ -472,7 +488,11 @@ inline void store_vector(out_t* p, vec_t<acc_t> v, bool stream = false) {
 #endif
     vstore(p, v);
   } else if constexpr (std::is_same_v<out_t, c10::BFloat16>) {
+#ifdef __AVX512BF16__
+    const __m256bh narrow = _mm512_cvtneps_pbh(__m512(v));
+#else
     const half_bits_t narrow = bfloat16_bits(v);
+#endif
     std::memcpy(p, &narrow, sizeof narrow);
   } else {
     acc_t values[lanes<acc_t>()];
@@ -639,9 +659,10 @@ template <int64_t TW, typename WindowTile>
 // vector per cycle, as many as it multiplies). The sums run in forward_tile's order. One channel
 // vector at a time: taking the NB vectors of a column together (more independent sums) was
 // 4-9% faster on 7x7 planes but 12-16% slower on 28x28 and 56x56 (v9 in cpu_direct_notes.md).
-template <typename out_t, typename acc_t, int64_t TW, int64_t NB, int64_t KW, bool CLAMP>
+template <typename out_t, typename acc_t, int64_t TW, int64_t NB, int64_t KW, bool CLAMP,
+          typename in_t>
 [[gnu::always_inline]] inline void forward_tile_window(
-    const acc_t* x, int64_t column_step, const acc_t* wt, int64_t wt_step, const acc_t* bias,
+    const in_t* x, int64_t column_step, const acc_t* wt, int64_t wt_step, const acc_t* bias,
     out_t* y, int64_t ysw, const int64_t* row_offsets, int64_t nrows, bool flipped, int64_t lo,
     int64_t hi, bool stream) {
   constexpr int64_t L = lanes<acc_t>();
@@ -651,7 +672,7 @@ template <typename out_t, typename acc_t, int64_t TW, int64_t NB, int64_t KW, bo
 #pragma GCC unroll 16
     for (int64_t i = 0; i < TW; ++i) acc[i] = b;
     for (int64_t r = 0; r < nrows; ++r) {
-      const acc_t* xc = x + row_offsets[2 * r] + j * L;
+      const in_t* xc = x + row_offsets[2 * r] + j * L;
       const acc_t* wrow = wt + row_offsets[2 * r + 1] * wt_step + j * L;
       vec_t<acc_t> wv[KW];
 #pragma GCC unroll 8
@@ -659,7 +680,7 @@ template <typename out_t, typename acc_t, int64_t TW, int64_t NB, int64_t KW, bo
 #pragma GCC unroll 32
       for (int64_t c = 0; c < TW + KW - 1; ++c, xc += column_step) {
         if (CLAMP && (c < lo || c >= hi)) continue;
-        const vec_t<acc_t> xv = vload(xc);
+        const vec_t<acc_t> xv = vload_as<acc_t>(xc);
 #pragma GCC unroll 8
         for (int64_t k = 0; k < KW; ++k)
           if (c - k >= 0 && c - k < TW) acc[c - k] += xv * wv[k];
@@ -674,15 +695,15 @@ template <typename out_t, typename acc_t, int64_t TW, int64_t NB, int64_t KW, bo
 // TW consecutive output columns x NB vectors of channels: the column taps of the input rows in
 // row_offsets (pairs: the row's offset, its first tap's index), with x, wt, bias and y already
 // at the tile's first channel and x at the first column's base. The accumulators stay in
-// registers while every tap streams through them.
-template <typename out_t, typename acc_t, int64_t TW, int64_t NB>
+// registers while every tap streams through them. x: acc_t, or bfloat16 (see vload_as).
+template <typename out_t, typename acc_t, int64_t TW, int64_t NB, typename in_t>
 [[gnu::always_inline]] inline void forward_tile(
-    const acc_t* x, int64_t column_step, const acc_t* wt, int64_t wt_step, const acc_t* bias,
+    const in_t* x, int64_t column_step, const acc_t* wt, int64_t wt_step, const acc_t* bias,
     out_t* y, int64_t ysw, const int64_t* row_offsets, int64_t nrows, const ColumnTaps& taps,
     bool stream = false) {
   // the window's first column: tap 0's, or the last tap's when flipped (taps without a window
   // may be none)
-  const acc_t* xw = taps.window ? x + taps.offset[taps.flipped ? taps.count - 1 : 0] : x;
+  const in_t* xw = taps.window ? x + taps.offset[taps.flipped ? taps.count - 1 : 0] : x;
   if (with_window<TW>(taps, [&](auto kw, auto clamp) __attribute__((always_inline)) {
         forward_tile_window<out_t, acc_t, TW, NB, decltype(kw)::value, decltype(clamp)::value>(
             xw, column_step, wt, wt_step, bias, y, ysw, row_offsets, nrows, taps.flipped, taps.lo,
@@ -696,14 +717,15 @@ template <typename out_t, typename acc_t, int64_t TW, int64_t NB>
     for (int64_t i = 0; i < TW; ++i) acc[i][j] = b;
   }
   for (int64_t r = 0; r < nrows; ++r) {
-    const acc_t* xrow = x + row_offsets[2 * r];
+    const in_t* xrow = x + row_offsets[2 * r];
     const acc_t* wrow = wt + row_offsets[2 * r + 1] * wt_step;
     for (int64_t t = 0; t < taps.count; ++t) {
-      const acc_t* xp = xrow + taps.offset[t];
+      const in_t* xp = xrow + taps.offset[t];
       const acc_t* wp = wrow + taps.tap[t] * wt_step;
       for (int64_t j = 0; j < NB; ++j) {
         const vec_t<acc_t> wv = vload(wp + j * L);
-        for (int64_t i = 0; i < TW; ++i) acc[i][j] += vload(xp + i * column_step + j * L) * wv;
+        for (int64_t i = 0; i < TW; ++i)
+          acc[i][j] += vload_as<acc_t>(xp + i * column_step + j * L) * wv;
       }
     }
   }
@@ -721,14 +743,16 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
                                   bool flipped = false) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t L = lanes<acc_t>();
-  constexpr bool converted_rows = !std::is_same_v<scalar_t, acc_t>;
+  // the rows the tiles read: x's (float, double; bfloat16, widened in registers: vload_as), or
+  // half's converted to float
+  constexpr bool converted_rows = std::is_same_v<scalar_t, c10::Half>;
+  using in_t = std::conditional_t<converted_rows, acc_t, scalar_t>;
   const Buffer<acc_t> wt = taps_outer(w, g.O, g.taps(), flipped);
   Buffer<acc_t> bias(g.O, acc_t(0));
   for (int64_t o = 0; b && o < g.O; ++o) bias[o] = static_cast<acc_t>(b[o]);
   int64_t first, last;
   interior_columns(g, first, last);
   const int64_t rows = g.N * g.OD * g.OH, blocks = g.O / L;
-  // column stride of the rows the tiles read: x's, or the converted rows' (bfloat16/half)
   const int64_t xsw = converted_rows ? g.C : xs.w;
   const WindowTaps window(g, xsw);
   const RowBounds bounds{true, g.PW, g.W};
@@ -737,7 +761,7 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KD * g.KH);
     Buffer<scalar_t> staged_row(streaming.staged ? g.OW * g.O : 0);
-    // bfloat16/half: the input rows converted to acc_t once, not once per tap and pixel
+    // half: the input rows converted to acc_t once, not once per tap and pixel
     ConvertedRows<scalar_t, acc_t> converted(g, converted_rows);
     PrefetchRows<scalar_t> ahead(x, xs.w, g.W, g.SW == 1 && g.SH == 1 && g.SD == 1);
     for (int64_t r = begin; r < end; ++r) {
@@ -749,7 +773,7 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
                   nrows);
       scalar_t* const target = y + n * ys.n + od * ys.d + oh * ys.h;
       scalar_t* const yrow = streaming.staged ? staged_row.data() : target;
-      const acc_t* xr;
+      const in_t* xr;
       if constexpr (converted_rows) {
         converted.convert(x, xs, g, nrows, offsets.data());
         xr = converted.data();
@@ -773,7 +797,8 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
           acc_t a = bias[o];
           for (int64_t k = 0; k < nrows; ++k)
             for (int64_t t = 0; t < taps.count; ++t)
-              a += xr[offsets[2 * k] + (ow * g.SW - g.PW) * xsw + taps.offset[t] + o] *
+              a += static_cast<acc_t>(
+                       xr[offsets[2 * k] + (ow * g.SW - g.PW) * xsw + taps.offset[t] + o]) *
                    wt[(offsets[2 * k + 1] + taps.tap[t]) * g.O + o];
           yrow[ow * ys.w + o] = from_acc<scalar_t>(a);
         }
@@ -970,9 +995,11 @@ inline bool has_pair_tiles(const Geometry& g) {
 // phases at once: dy column j0 + m feeds dx columns i0 + 2m + k - PW (tap k), so each dy vector
 // is loaded once for its KW taps. By phases (forward_tile per phase) it was loaded once per tap,
 // and the tiles' 1-2 taps per row left them mostly fixed costs: 17 ns per dy vector against the
-// stride-1 gradient's 6 (v14). CLAMP: dy columns outside [0, OW) skipped.
-template <typename out_t, typename acc_t, int64_t TW, int64_t NB, int64_t KW, bool CLAMP>
-inline void input_grad_pairs_tile(const acc_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
+// stride-1 gradient's 6 (v14). CLAMP: dy columns outside [0, OW) skipped. dy: acc_t, or
+// bfloat16 (see vload_as).
+template <typename out_t, typename acc_t, int64_t TW, int64_t NB, int64_t KW, bool CLAMP,
+          typename in_t>
+inline void input_grad_pairs_tile(const in_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
                                   out_t* dx, int64_t dxsw, const int64_t* offsets, int64_t nrows,
                                   int64_t j0, int64_t OW, bool stream) {
   constexpr int64_t L = lanes<acc_t>(), PW = KW / 2, first = -(PW / 2);
@@ -981,7 +1008,7 @@ inline void input_grad_pairs_tile(const acc_t* dy, int64_t dysw, const acc_t* wt
   for (int64_t t = 0; t < TW; ++t)
     for (int64_t b = 0; b < NB; ++b) acc[t][b] = vec_t<acc_t>{};
   for (int64_t r = 0; r < nrows; ++r) {
-    const acc_t* row = dy + offsets[2 * r];
+    const in_t* row = dy + offsets[2 * r];
     vec_t<acc_t> w[KW][NB];
     for (int64_t k = 0; k < KW; ++k)
       for (int64_t b = 0; b < NB; ++b)
@@ -991,7 +1018,7 @@ inline void input_grad_pairs_tile(const acc_t* dy, int64_t dysw, const acc_t* wt
       if (CLAMP && (j0 + m < 0 || j0 + m >= OW)) continue;
 #pragma GCC unroll 4
       for (int64_t b = 0; b < NB; ++b) {
-        const vec_t<acc_t> v = vload(row + (j0 + m) * dysw + b * L);
+        const vec_t<acc_t> v = vload_as<acc_t>(row + (j0 + m) * dysw + b * L);
 #pragma GCC unroll 5
         for (int64_t k = 0; k < KW; ++k) {
           const int64_t t = 2 * m + k - PW;
@@ -1007,8 +1034,9 @@ inline void input_grad_pairs_tile(const acc_t* dy, int64_t dysw, const acc_t* wt
 
 // Calls input_grad_pairs_tile over dx columns [i0, W) for the NB channel vectors at dy, dx, wt:
 // tiles of 16 / NB columns, then halves down to 1 (all but the last start on an even column).
-template <typename out_t, typename acc_t, int64_t KW, int64_t NB, int64_t TW = 16 / NB>
-inline void input_grad_pairs(const acc_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
+template <typename out_t, typename acc_t, int64_t KW, int64_t NB, int64_t TW = 16 / NB,
+          typename in_t>
+inline void input_grad_pairs(const in_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
                              out_t* dx, int64_t dxsw, const int64_t* offsets, int64_t nrows,
                              int64_t i0, int64_t W, int64_t OW, bool stream) {
   constexpr int64_t PW = KW / 2;
@@ -1031,8 +1059,8 @@ inline void input_grad_pairs(const acc_t* dy, int64_t dysw, const acc_t* wt, int
 // vectors (4 for 3 taps, 2 for 5: the accumulators and KW x NB weights stay in registers), then
 // single vectors: one vector at a time walking the row, channels_last layers of 56-112 columns
 // took 1.24x-1.46x longer; narrower rows the other way round (1.05x-1.33x faster alone, v15).
-template <typename out_t, typename acc_t, int64_t KW>
-void input_grad_pairs_row(const acc_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
+template <typename out_t, typename acc_t, int64_t KW, typename in_t>
+void input_grad_pairs_row(const in_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
                           out_t* dx, int64_t dxsw, const int64_t* offsets, int64_t nrows,
                           int64_t blocks, int64_t W, int64_t OW, bool stream) {
   constexpr int64_t L = lanes<acc_t>(), NB = KW == 3 ? 4 : 2;
@@ -1049,8 +1077,8 @@ void input_grad_pairs_row(const acc_t* dy, int64_t dysw, const acc_t* wt, int64_
 // tail one at a time): dy's rows at `offsets` (column stride dysw), weights [tap][wt_step],
 // `zeros` at least `channels` long; dx's columns dxsw apart. `scratch` holds 2 * KW. `stream`:
 // see OutputStreaming::direct.
-template <typename out_t, typename acc_t>
-void input_grad_row(const acc_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
+template <typename out_t, typename acc_t, typename in_t>
+void input_grad_row(const in_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
                     const acc_t* zeros, const int64_t* offsets, int64_t nrows,
                     const std::vector<ColumnPhase>& phases, const Geometry& g, int64_t channels,
                     out_t* dx, int64_t dxsw, int64_t* scratch, bool stream = false) {
@@ -1091,7 +1119,7 @@ void input_grad_row(const acc_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_s
         acc_t a = 0;
         for (int64_t k = 0; k < nrows; ++k)
           for (int64_t t = 0; t < taps.count; ++t)
-            a += dy[offsets[2 * k] + j * dysw + taps.offset[t] + c] *
+            a += static_cast<acc_t>(dy[offsets[2 * k] + j * dysw + taps.offset[t] + c]) *
                  wt[(offsets[2 * k + 1] + taps.tap[t]) * wt_step + c];
         dx[(p + g.SW * j) * dxsw + c] = from_acc<out_t>(a);
       }
@@ -1109,8 +1137,10 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
   const Buffer<acc_t> zeros(g.O, acc_t(0));
   Geometry rows_geometry = g;  // dy's rows: OW columns of C (= O) channels
   rows_geometry.W = g.OW;
-  // column stride of the rows the tiles read: dy's, or the converted rows' (bfloat16/half)
-  const int64_t dysw = std::is_same_v<scalar_t, acc_t> ? dys.w : g.O;
+  // the rows the tiles read: dy's (bfloat16 widened in registers), or half's converted to float
+  constexpr bool converted_rows = std::is_same_v<scalar_t, c10::Half>;
+  using in_t = std::conditional_t<converted_rows, acc_t, scalar_t>;
+  const int64_t dysw = converted_rows ? g.O : dys.w;
   const std::vector<ColumnPhase> phases = column_phases(g, dysw);
   const int64_t bytes =
       (2 * g.N * g.C * g.D * g.H * g.W + g.N * g.OD * g.OH * g.OW * g.O) * sizeof(scalar_t);
@@ -1118,7 +1148,7 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
   at::parallel_for(0, g.N * g.D * g.H, 1, [&](int64_t begin, int64_t end) {
     Buffer<scalar_t> staged_row(streaming.staged ? g.W * g.C : 0);
     std::vector<int64_t> offsets(2 * g.KD * g.KH), previous(2 * g.KD * g.KH), scratch(2 * g.KW);
-    ConvertedRows<scalar_t, acc_t> converted(rows_geometry, !std::is_same_v<scalar_t, acc_t>);
+    ConvertedRows<scalar_t, acc_t> converted(rows_geometry, converted_rows);
     PrefetchRows<scalar_t> new_rows(dy, dys.w, g.OW, true);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (g.D * g.H), id = (r / g.H) % g.D, ih = r % g.H;
@@ -1129,12 +1159,12 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
                      receiving_rows(g, dys, r0 / (g.D * g.H), (r0 / g.H) % g.D, r0 % g.H,
                                     previous.data()));
       new_rows.prefetch_columns(0, g.OW, 0, g.O);
-      const acc_t* dyr;
-      if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        dyr = dy;
-      } else {
+      const in_t* dyr;
+      if constexpr (converted_rows) {
         converted.convert(dy, dys, rows_geometry, nrows, offsets.data());
         dyr = converted.data();
+      } else {
+        dyr = dy;
       }
       scalar_t* const target = dx + n * dxs.n + id * dxs.d + ih * dxs.h;
       input_grad_row(dyr, dysw, wt.data(), g.O, zeros.data(), offsets.data(), nrows, phases, g,
