@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole benchmark suite in one run, into benchmarks/results/<device>-<date>/: every model,
-# float32 in NCHW and channels_last, and the half-precision autocast the device trains in
-# (float16 and bfloat16 on a GPU, bfloat16 on the CPU). Usage: benchmarks/run_suite.sh [extra args]
+# float32 and the half-precision autocast the device trains in (float16 and bfloat16 on a GPU,
+# bfloat16 on the CPU), each in NCHW and channels_last. Usage: benchmarks/run_suite.sh [extra args]
 # MODELS and HALF_MODELS (space-separated) narrow the float32 and the half-precision runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,8 +29,8 @@ $PY -m diagonalwise bench --darknet-cfg examples/model_files/mobilenet_v1.cfg \
     --caffe-prototxt examples/model_files/mobilenet_v1.prototxt --device "$device" \
     --layout contiguous --layout channels_last --dtype float32 --output "$out/model_files" "$@"
 for model in $half_models; do
-  $PY -m diagonalwise bench --model "$model" --device "$device" $half \
-      --output "$out/$model-half" "$@"
+  $PY -m diagonalwise bench --model "$model" --device "$device" --layout contiguous \
+      --layout channels_last $half --output "$out/$model-half" "$@"
 done
 $PY -m diagonalwise report
 echo "suite results in $out; tables in benchmarks/results/README.md, summary in README.md"
