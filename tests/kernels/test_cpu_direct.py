@@ -313,11 +313,22 @@ def test_streamed_bfloat16_rows_are_the_float32_results_rounded(size, stride, po
     assert_bfloat16_is_float32_rounded("channels_last", 32, size, stride)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_bfloat16_channels_last_view_is_the_float32_results_rounded(stride):
+    """The channels_last bfloat16 tiles read x where it lies (since v19, no rows converted to
+    float first): a view whose pixels are two apart gives the float32 path's results rounded."""
+    assert_bfloat16_is_float32_rounded("channels_last_view", 20, 13, stride)
+
+
 def assert_bfloat16_is_float32_rounded(layout, channels, size, stride):
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    fmt = torch.contiguous_format if layout == "contiguous" else torch.channels_last
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(2, channels, size, size, generator=generator).to(torch.bfloat16)
+    width = 2 * size if layout == "channels_last_view" else size
+    x = torch.randn(2, channels, size, width, generator=generator).to(torch.bfloat16)
     x = x.contiguous(memory_format=fmt)
+    if layout == "channels_last_view":
+        x = x[..., ::2]
+        assert x.stride(1) == 1 and x.stride(3) == 2 * channels
     weight = torch.randn(channels, 1, 3, 3, generator=generator).to(torch.bfloat16)
     bias = torch.randn(channels, generator=generator).to(torch.bfloat16)
     results = {}

@@ -321,10 +321,11 @@ inline void prefetch(const T* p, int64_t count) {
 // cpu_direct_notes.md). The input gradient prefetches its row's new dy rows whole at the row's
 // start: from its tiles, the call made their code slower (stride 2: 0.7x). Without prefetches the
 // hardware prefetcher alone left the tiles waiting (16x128x56x56 forward 3.2 ms, 2.0 ms with; v6).
-// Into L1 or L2 (`to_l1`): the float weight gradient's x and dy rows into L2 (1.1x-1.8x faster
-// than into L1; bfloat16's, converted to float rows first, 0.88x-1.12x, stay in L1), the strided
-// forwards' too (1.2x-1.6x); the stride-1 forward's and the input gradient's into L1 (v16 in
-// cpu_direct_notes.md; v10 had found L2 slower for the strided forwards).
+// Into L1 or L2 (`to_l1`): the float and bfloat16 weight gradient's x and dy rows into L2
+// (float 1.1x-1.8x faster than into L1, v16; bfloat16 0.98x-1.1x, v19; half's, converted to
+// float rows first, stay in L1), the strided forwards' too (1.2x-1.6x); the stride-1 forward's
+// and the input gradient's into L1 (v16 in cpu_direct_notes.md; v10 had found L2 slower for the
+// strided forwards).
 template <typename T>
 class PrefetchRows {
  public:
@@ -394,8 +395,8 @@ inline out_t from_acc(acc_t value) {
   }
 }
 
-// bfloat16/half: the valid input rows of output rows (see input_rows) converted to acc_t, each
-// W x C dense. The rows are kept in 2 * KD * KH slots, tagged by where they start in x, so the
+// half: the valid input rows of output rows (see input_rows) converted to acc_t, each W x C
+// dense (bfloat16, since v19, is widened in the tiles' registers instead: vload_as). The rows are kept in 2 * KD * KH slots, tagged by where they start in x, so the
 // next output row, which reads KH - 1 of the same rows at stride 1, converts only its new one.
 // (Staging float rows too, with zero columns for whole windows at the borders, cost more than it
 // saved: 0.5x-0.95x on 3x3 and 5x5 layers, 1.16x on one 7x7, v9 in cpu_direct_notes.md.)
@@ -1181,9 +1182,9 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
 // all its taps. Each tap's sum is split into P partial sums (over the columns c with c % P == p),
 // as many as the registers hold: one sum per tap made KW chains of TW dependent multiply-adds,
 // and this CPU (2 per cycle, 4 cycles each) waited on every link.
-template <typename acc_t, int64_t TW, int64_t NB, int64_t KW, bool CLAMP>
+template <typename acc_t, int64_t TW, int64_t NB, int64_t KW, bool CLAMP, typename in_t>
 [[gnu::always_inline]] inline void weight_grad_tile_window(
-    const acc_t* dy, int64_t dysw, const acc_t* x, int64_t column_step, acc_t* acc,
+    const in_t* dy, int64_t dysw, const in_t* x, int64_t column_step, acc_t* acc,
     int64_t acc_step, acc_t* bias_acc, const int64_t* row_offsets, int64_t nrows, int64_t lo,
     int64_t hi) {
   constexpr int64_t L = lanes<acc_t>();
@@ -1192,18 +1193,18 @@ template <typename acc_t, int64_t TW, int64_t NB, int64_t KW, bool CLAMP>
     vec_t<acc_t> d[TW], bias_sum{};
 #pragma GCC unroll 16
     for (int64_t i = 0; i < TW; ++i) {
-      d[i] = vload(dy + i * dysw + j * L);
+      d[i] = vload_as<acc_t>(dy + i * dysw + j * L);
       bias_sum += d[i];
     }
     vstore(bias_acc + j * L, vload(bias_acc + j * L) + bias_sum);
     for (int64_t r = 0; r < nrows; ++r) {
-      const acc_t* xc = x + row_offsets[2 * r] + j * L;
+      const in_t* xc = x + row_offsets[2 * r] + j * L;
       acc_t* arow = acc + row_offsets[2 * r + 1] * acc_step + j * L;
       vec_t<acc_t> sum[P][KW] = {};
 #pragma GCC unroll 32
       for (int64_t c = 0; c < TW + KW - 1; ++c, xc += column_step) {
         if (CLAMP && (c < lo || c >= hi)) continue;
-        const vec_t<acc_t> xv = vload(xc);
+        const vec_t<acc_t> xv = vload_as<acc_t>(xc);
 #pragma GCC unroll 8
         for (int64_t k = 0; k < KW; ++k)
           if (c - k >= 0 && c - k < TW) sum[c % P][k] += d[c - k] * xv;
@@ -1222,10 +1223,11 @@ template <typename acc_t, int64_t TW, int64_t NB, int64_t KW, bool CLAMP>
 // TW output columns x NB channel vectors of the weight and bias gradients: the tile's output
 // gradients stay in registers while, per column tap of each input row, the TW input vectors are
 // multiplied into them and the tap's sum is added to acc ([tap][O]); dy, x, acc and bias_acc at
-// the tile's first channel, x at the first column's base.
-template <typename acc_t, int64_t TW, int64_t NB>
+// the tile's first channel, x at the first column's base. dy and x: acc_t, or bfloat16 (see
+// vload_as).
+template <typename acc_t, int64_t TW, int64_t NB, typename in_t>
 [[gnu::always_inline]] inline void weight_grad_tile(
-    const acc_t* dy, int64_t dysw, const acc_t* x, int64_t column_step, acc_t* acc,
+    const in_t* dy, int64_t dysw, const in_t* x, int64_t column_step, acc_t* acc,
     int64_t acc_step, acc_t* bias_acc, const int64_t* row_offsets, int64_t nrows,
     const ColumnTaps& taps) {
   if (with_window<TW>(taps, [&](auto kw, auto clamp) __attribute__((always_inline)) {
@@ -1239,19 +1241,20 @@ template <typename acc_t, int64_t TW, int64_t NB>
   for (int64_t j = 0; j < NB; ++j) {
     vec_t<acc_t> sum{};
     for (int64_t i = 0; i < TW; ++i) {
-      d[i][j] = vload(dy + i * dysw + j * L);
+      d[i][j] = vload_as<acc_t>(dy + i * dysw + j * L);
       sum += d[i][j];
     }
     vstore(bias_acc + j * L, vload(bias_acc + j * L) + sum);
   }
   for (int64_t r = 0; r < nrows; ++r) {
-    const acc_t* xrow = x + row_offsets[2 * r];
+    const in_t* xrow = x + row_offsets[2 * r];
     acc_t* arow = acc + row_offsets[2 * r + 1] * acc_step;
     for (int64_t t = 0; t < taps.count; ++t) {
-      const acc_t* xp = xrow + taps.offset[t];
+      const in_t* xp = xrow + taps.offset[t];
       for (int64_t j = 0; j < NB; ++j) {
         vec_t<acc_t> sum{};
-        for (int64_t i = 0; i < TW; ++i) sum += d[i][j] * vload(xp + i * column_step + j * L);
+        for (int64_t i = 0; i < TW; ++i)
+          sum += d[i][j] * vload_as<acc_t>(xp + i * column_step + j * L);
         acc_t* ap = arow + taps.tap[t] * acc_step + j * L;
         vstore(ap, vload(ap) + sum);
       }
@@ -1275,14 +1278,16 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
   interior_columns(g, first, last);
   const int64_t stride = (taps + 1) * g.O;  // per chunk: [tap][channel], then the bias
   Buffer<acc_t> partial(chunks * stride, acc_t(0));
-  const int64_t xsw = std::is_same_v<scalar_t, acc_t> ? xs.w : g.C;
+  // the rows the tiles read: x's and dy's (bfloat16 widened in registers), or half's converted
+  constexpr bool converted_rows = std::is_same_v<scalar_t, c10::Half>;
+  using in_t = std::conditional_t<converted_rows, acc_t, scalar_t>;
+  const int64_t xsw = converted_rows ? g.C : xs.w;
   const WindowTaps window(g, xsw);
   const RowBounds bounds{true, g.PW, g.W};
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KD * g.KH);
-    ConvertedRows<scalar_t, acc_t> converted(g, !std::is_same_v<scalar_t, acc_t>);
-    Buffer<acc_t> dy_converted(std::is_same_v<scalar_t, acc_t> ? 0 : g.OW * g.O);
-    constexpr bool converted_rows = !std::is_same_v<scalar_t, acc_t>;
+    ConvertedRows<scalar_t, acc_t> converted(g, converted_rows);
+    Buffer<acc_t> dy_converted(converted_rows ? g.OW * g.O : 0);
     PrefetchRows<scalar_t> x_ahead(x, xs.w, g.W, converted_rows);
     PrefetchRows<scalar_t> dy_ahead(dy, dys.w, g.OW, converted_rows);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
@@ -1299,13 +1304,13 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
                       nrows);
           dy_ahead.add(r1 / (g.OD * g.OH) * dys.n + (r1 / g.OH) % g.OD * dys.d + r1 % g.OH * dys.h);
         }
-        const acc_t *xr, *dyr;
+        const in_t *xr, *dyr;
         int64_t dysw;
-        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        if constexpr (!converted_rows) {
           xr = x;
           dyr = dyrow;
           dysw = dys.w;
-        } else {  // bfloat16/half: convert the rows once, not once per tap
+        } else {  // half: convert the rows once, not once per tap
           converted.convert(x, xs, g, nrows, offsets.data());
           for (int64_t ow = 0; ow < g.OW; ++ow)
             convert_span(dyrow + ow * dys.w, dy_converted.data() + ow * g.O, g.O);
@@ -1327,14 +1332,15 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
                  [&](int64_t ow) { return window.of_column(ow); }, tile, bounds);
         for (int64_t ow = 0; blocks * L < g.O && ow < g.OW; ++ow) {  // the channel tail
           const ColumnTaps column_taps = window.of_column(ow);
-          const acc_t* dyp = dyr + ow * dysw;
-          for (int64_t o = blocks * L; o < g.O; ++o) bias_acc[o] += dyp[o];
+          const in_t* dyp = dyr + ow * dysw;
+          for (int64_t o = blocks * L; o < g.O; ++o) bias_acc[o] += static_cast<acc_t>(dyp[o]);
           for (int64_t k = 0; k < nrows; ++k)
             for (int64_t t = 0; t < column_taps.count; ++t) {
-              const acc_t* xp =
+              const in_t* xp =
                   xr + offsets[2 * k] + (ow * g.SW - g.PW) * xsw + column_taps.offset[t];
               acc_t* ap = acc + (offsets[2 * k + 1] + column_taps.tap[t]) * g.O;
-              for (int64_t o = blocks * L; o < g.O; ++o) ap[o] += dyp[o] * xp[o];
+              for (int64_t o = blocks * L; o < g.O; ++o)
+                ap[o] += static_cast<acc_t>(dyp[o]) * static_cast<acc_t>(xp[o]);
             }
         }
       }
