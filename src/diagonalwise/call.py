@@ -94,19 +94,25 @@ class ConvCall:
 
     def make_operands(self, device: torch.device | str, seed: int = 0):
         """Random input, weight, bias and output gradient with this call's shapes, dtype and layout,
-        drawn on the CPU (the same numbers on every device, whatever the default device)."""
+        drawn on the CPU (the same numbers on every device, whatever the default device). The
+        output gradient is in the input's layout, as the layers after it hand it back in a
+        network of that layout (in NCHW, a channels_last layer paid for a reorder of it that it
+        does not pay in training)."""
         generator = torch.Generator().manual_seed(seed)
 
         def randn(shape):
             return torch.randn(shape, generator=generator, device="cpu").to(device=device,
                                                                              dtype=self.torch_dtype)
 
-        x = randn(self.input_shape)
-        if self.layout == "channels_last":
-            x = x.contiguous(memory_format=CHANNELS_LAST_FORMAT[x.dim()])
+        def in_layout(tensor):
+            if self.layout == "channels_last":
+                return tensor.contiguous(memory_format=CHANNELS_LAST_FORMAT[tensor.dim()])
+            return tensor
+
+        x = in_layout(randn(self.input_shape))
         weight = randn(self.weight_shape)
         bias = randn(self.weight_shape[:1]) if self.bias else None
-        grad_output = randn(self.output_shape())
+        grad_output = in_layout(randn(self.output_shape()))
         return x, weight, bias, grad_output
 
     def run(self, algorithm, x, weight, bias) -> torch.Tensor:
