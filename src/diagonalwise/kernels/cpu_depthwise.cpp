@@ -396,8 +396,9 @@ inline out_t from_acc(acc_t value) {
 }
 
 // half: the valid input rows of output rows (see input_rows) converted to acc_t, each W x C
-// dense (bfloat16, since v19, is widened in the tiles' registers instead: vload_as). The rows are kept in 2 * KD * KH slots, tagged by where they start in x, so the
-// next output row, which reads KH - 1 of the same rows at stride 1, converts only its new one.
+// dense (bfloat16, since v19, is widened in the tiles' registers instead: vload_as). The rows
+// are kept in 2 * KD * KH slots, tagged by where they start in x, so the next output row, which
+// reads KH - 1 of the same rows at stride 1, converts only its new one.
 // (Staging float rows too, with zero columns for whole windows at the borders, cost more than it
 // saved: 0.5x-0.95x on 3x3 and 5x5 layers, 1.16x on one 7x7, v9 in cpu_direct_notes.md.)
 template <typename scalar_t, typename acc_t>
@@ -471,6 +472,15 @@ inline vec_t<acc_t> vload_as(const in_t* p) {
     return vec_t<float>(__builtin_convertvector(narrow, bits_t) << 16);
   }
 }
+
+// What the channels-inner tiles read of a scalar_t tensor: its own elements (float, double, and
+// bfloat16 through vload_as), or, for half (kConvertedRows), rows converted to acc_t first
+// (ConvertedRows).
+template <typename scalar_t>
+constexpr bool kConvertedRows = std::is_same_v<scalar_t, c10::Half>;
+template <typename scalar_t>
+using tile_input_t =
+    std::conditional_t<kConvertedRows<scalar_t>, at::opmath_type<scalar_t>, scalar_t>;
 
 // Store a vector of acc_t as out_t: bfloat16 converted in registers (through an array, lane by
 // lane, the compiler spilled the tile's accumulators: a quarter of the bfloat16 forward's time),
@@ -744,17 +754,14 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
                                   bool flipped = false) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t L = lanes<acc_t>();
-  // the rows the tiles read: x's (float, double; bfloat16, widened in registers: vload_as), or
-  // half's converted to float
-  constexpr bool converted_rows = std::is_same_v<scalar_t, c10::Half>;
-  using in_t = std::conditional_t<converted_rows, acc_t, scalar_t>;
+  using in_t = tile_input_t<scalar_t>;
   const Buffer<acc_t> wt = taps_outer(w, g.O, g.taps(), flipped);
   Buffer<acc_t> bias(g.O, acc_t(0));
   for (int64_t o = 0; b && o < g.O; ++o) bias[o] = static_cast<acc_t>(b[o]);
   int64_t first, last;
   interior_columns(g, first, last);
   const int64_t rows = g.N * g.OD * g.OH, blocks = g.O / L;
-  const int64_t xsw = converted_rows ? g.C : xs.w;
+  const int64_t xsw = kConvertedRows<scalar_t> ? g.C : xs.w;
   const WindowTaps window(g, xsw);
   const RowBounds bounds{true, g.PW, g.W};
   const int64_t bytes = (g.N * g.C * g.D * g.H * g.W + rows * g.OW * g.O) * sizeof(scalar_t);
@@ -763,7 +770,7 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
     std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KD * g.KH);
     Buffer<scalar_t> staged_row(streaming.staged ? g.OW * g.O : 0);
     // half: the input rows converted to acc_t once, not once per tap and pixel
-    ConvertedRows<scalar_t, acc_t> converted(g, converted_rows);
+    ConvertedRows<scalar_t, acc_t> converted(g, kConvertedRows<scalar_t>);
     PrefetchRows<scalar_t> ahead(x, xs.w, g.W, g.SW == 1 && g.SH == 1 && g.SD == 1);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (g.OD * g.OH), od = (r / g.OH) % g.OD, oh = r % g.OH;
@@ -775,7 +782,7 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
       scalar_t* const target = y + n * ys.n + od * ys.d + oh * ys.h;
       scalar_t* const yrow = streaming.staged ? staged_row.data() : target;
       const in_t* xr;
-      if constexpr (converted_rows) {
+      if constexpr (kConvertedRows<scalar_t>) {
         converted.convert(x, xs, g, nrows, offsets.data());
         xr = converted.data();
       } else {
@@ -1138,10 +1145,8 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
   const Buffer<acc_t> zeros(g.O, acc_t(0));
   Geometry rows_geometry = g;  // dy's rows: OW columns of C (= O) channels
   rows_geometry.W = g.OW;
-  // the rows the tiles read: dy's (bfloat16 widened in registers), or half's converted to float
-  constexpr bool converted_rows = std::is_same_v<scalar_t, c10::Half>;
-  using in_t = std::conditional_t<converted_rows, acc_t, scalar_t>;
-  const int64_t dysw = converted_rows ? g.O : dys.w;
+  using in_t = tile_input_t<scalar_t>;
+  const int64_t dysw = kConvertedRows<scalar_t> ? g.O : dys.w;
   const std::vector<ColumnPhase> phases = column_phases(g, dysw);
   const int64_t bytes =
       (2 * g.N * g.C * g.D * g.H * g.W + g.N * g.OD * g.OH * g.OW * g.O) * sizeof(scalar_t);
@@ -1149,7 +1154,7 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
   at::parallel_for(0, g.N * g.D * g.H, 1, [&](int64_t begin, int64_t end) {
     Buffer<scalar_t> staged_row(streaming.staged ? g.W * g.C : 0);
     std::vector<int64_t> offsets(2 * g.KD * g.KH), previous(2 * g.KD * g.KH), scratch(2 * g.KW);
-    ConvertedRows<scalar_t, acc_t> converted(rows_geometry, converted_rows);
+    ConvertedRows<scalar_t, acc_t> converted(rows_geometry, kConvertedRows<scalar_t>);
     PrefetchRows<scalar_t> new_rows(dy, dys.w, g.OW, true);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (g.D * g.H), id = (r / g.H) % g.D, ih = r % g.H;
@@ -1161,7 +1166,7 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
                                     previous.data()));
       new_rows.prefetch_columns(0, g.OW, 0, g.O);
       const in_t* dyr;
-      if constexpr (converted_rows) {
+      if constexpr (kConvertedRows<scalar_t>) {
         converted.convert(dy, dys, rows_geometry, nrows, offsets.data());
         dyr = converted.data();
       } else {
@@ -1278,18 +1283,16 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
   interior_columns(g, first, last);
   const int64_t stride = (taps + 1) * g.O;  // per chunk: [tap][channel], then the bias
   Buffer<acc_t> partial(chunks * stride, acc_t(0));
-  // the rows the tiles read: x's and dy's (bfloat16 widened in registers), or half's converted
-  constexpr bool converted_rows = std::is_same_v<scalar_t, c10::Half>;
-  using in_t = std::conditional_t<converted_rows, acc_t, scalar_t>;
-  const int64_t xsw = converted_rows ? g.C : xs.w;
+  using in_t = tile_input_t<scalar_t>;
+  const int64_t xsw = kConvertedRows<scalar_t> ? g.C : xs.w;
   const WindowTaps window(g, xsw);
   const RowBounds bounds{true, g.PW, g.W};
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KD * g.KH);
-    ConvertedRows<scalar_t, acc_t> converted(g, converted_rows);
-    Buffer<acc_t> dy_converted(converted_rows ? g.OW * g.O : 0);
-    PrefetchRows<scalar_t> x_ahead(x, xs.w, g.W, converted_rows);
-    PrefetchRows<scalar_t> dy_ahead(dy, dys.w, g.OW, converted_rows);
+    ConvertedRows<scalar_t, acc_t> converted(g, kConvertedRows<scalar_t>);
+    Buffer<acc_t> dy_converted(kConvertedRows<scalar_t> ? g.OW * g.O : 0);
+    PrefetchRows<scalar_t> x_ahead(x, xs.w, g.W, kConvertedRows<scalar_t>);
+    PrefetchRows<scalar_t> dy_ahead(dy, dys.w, g.OW, kConvertedRows<scalar_t>);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       acc_t* acc = partial.data() + chunk * stride;
       acc_t* bias_acc = acc + taps * g.O;
@@ -1306,7 +1309,7 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
         }
         const in_t *xr, *dyr;
         int64_t dysw;
-        if constexpr (!converted_rows) {
+        if constexpr (!kConvertedRows<scalar_t>) {
           xr = x;
           dyr = dyrow;
           dysw = dys.w;
