@@ -16,6 +16,7 @@ from diagonalwise import tuning
 from diagonalwise.algorithms import Algorithm, Native
 from diagonalwise.blocking import candidate_block_sizes
 from diagonalwise.call import ConvCall, bucket
+from diagonalwise.layout import CHANNELS_LAST_FORMAT
 from diagonalwise.timing import environment
 from diagonalwise.tuning import collect_conv_calls
 from tests.builders import tiny_mobilenet
@@ -156,9 +157,8 @@ def test_timing_operands_come_in_the_calls_layout(layout, dims):
     call = ConvCall((2, 8) + (9,) * dims, (8, 1) + (3,) * dims, True, (1,) * dims, (1,) * dims,
                     (1,) * dims, 8, "float32", layout)
     x, weight, bias, grad_output = call.make_operands("cpu")
-    memory_format = {("channels_last", 2): torch.channels_last,
-                     ("channels_last", 3): torch.channels_last_3d}.get((layout, dims),
-                                                                      torch.contiguous_format)
+    memory_format = CHANNELS_LAST_FORMAT[dims + 2] if layout == "channels_last" else \
+        torch.contiguous_format
     assert x.is_contiguous(memory_format=memory_format)
     assert grad_output.is_contiguous(memory_format=memory_format)
     assert weight.is_contiguous() and grad_output.shape == (2, 8) + (9,) * dims

@@ -459,8 +459,8 @@ inline half_bits_t bfloat16_bits(vec_t<float> v) {
 }
 
 // A vector of acc_t from the lanes<acc_t>() values of in_t at p: bfloat16 (a float's top half)
-// widened in registers, where converting whole rows to float first took a pass through memory
-// and twice the cache for the tiles' reads (v19 in cpu_direct_notes.md).
+// widened in registers, where converting whole rows to float first took one more pass through
+// the caches and twice the cache for the tiles' reads (v19 in cpu_direct_notes.md).
 template <typename acc_t, typename in_t>
 inline vec_t<acc_t> vload_as(const in_t* p) {
   if constexpr (std::is_same_v<in_t, acc_t>) {
