@@ -617,12 +617,12 @@ struct RowBounds {
 // One row of `columns` output columns through the channels-inner tiles: channel groups of 4
 // vectors (then 2, then single ones) outermost, so each group walks the row at the pixel stride,
 // which the prefetcher follows (pairs, v20: 32 float channels, two cache lines a pixel, had two
-// walks each reading one line of every pixel; 1.1x-1.3x as one). With windows of 5 or 7 taps and known bounds, every column in
-// window tiles (16 / NB wide, then halves), the ones that reach past the row's ends skipping the
-// columns outside: there a border column alone costs as much as a tile (v9: 5x5 and 7x7 layers
-// 1.1x-2.2x; 3x3 layers, with one border column a side, no faster); otherwise the interior
-// columns [first, last) in tiles with `interior` taps and each other column alone with
-// border(column)'s.
+// walks each reading one line of every pixel; 1.1x-1.3x as one). With windows of 3, 5 or 7 taps
+// and known bounds, every column in window tiles (16 / NB wide, then halves), the ones that
+// reach past the row's ends skipping the columns outside: there a border column alone costs as
+// much as a tile (v9: 5x5 and 7x7 layers 1.1x-2.2x; v20: 3x3 layers 1.0x-1.3x, which in v9, with
+// one border column a side, were no faster); otherwise the interior columns [first, last) in
+// tiles with `interior` taps and each other column alone with border(column)'s.
 template <typename Border, typename Tile>
 inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t blocks, int64_t lanes,
                      const ColumnTaps& interior, const Border& border, const Tile& tile,
@@ -638,7 +638,7 @@ inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t block
   };
   auto group = [&](auto nb, int64_t c0) {
     constexpr int64_t NB = decltype(nb)::value;
-    if (interior.window >= 5 && has_window_tiles(interior.window) && bounds.known) {
+    if (has_window_tiles(interior.window) && bounds.known) {
       int64_t column = 0;
       windows(nb, constant<16 / NB>{}, column, c0);
       if constexpr (NB == 1) windows(nb, constant<8>{}, column, c0);
