@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .layout import CHANNELS_LAST_FORMAT
+from .layout import to_layout
 from .shapes import conv_output_size
 
 DTYPE_NAMES = {torch.float64: "float64", torch.float32: "float32", torch.float16: "float16",
@@ -104,15 +104,10 @@ class ConvCall:
             return torch.randn(shape, generator=generator, device="cpu").to(device=device,
                                                                              dtype=self.torch_dtype)
 
-        def in_layout(tensor):
-            if self.layout == "channels_last":
-                return tensor.contiguous(memory_format=CHANNELS_LAST_FORMAT[tensor.dim()])
-            return tensor
-
-        x = in_layout(randn(self.input_shape))
+        x = to_layout(randn(self.input_shape), self.layout)
         weight = randn(self.weight_shape)
         bias = randn(self.weight_shape[:1]) if self.bias else None
-        grad_output = in_layout(randn(self.output_shape()))
+        grad_output = to_layout(randn(self.output_shape()), self.layout)
         return x, weight, bias, grad_output
 
     def run(self, algorithm, x, weight, bias) -> torch.Tensor:
