@@ -85,9 +85,12 @@ def test_unbatched_input(dims, poisoned_outputs):
     ((7, 7), 1, 3, 1, (4, 4)),
     ((5, 3), (1, 2), (2, 4), (1, 3), (6, 19)),
     ((1, 4), 1, "same", 2, (3, 14)),
-    # whole windows of 5 and 7 taps (forward_tile_window, weight_grad_tile_window)
+    # whole windows of 5 and 7 taps (forward_tile_window, weight_grad_tile_window): tiles of 16,
+    # 8, 7, 4, 2 and 1 columns
     ((5, 5), 1, 2, 1, (6, 21)),
+    ((5, 5), 1, 2, 1, (5, 23)),
     ((7, 7), 1, 3, 1, (9, 30)),
+    ((7, 7), 1, 3, 1, (8, 15)),
     # stride-2 input gradients with both column phases in one tile (input_grad_pairs_tile):
     # tiles of 16, 4 and 1 columns, clamped at both ends; rows narrower than the kernel
     ((5, 5), 2, 2, 1, (7, 21)),

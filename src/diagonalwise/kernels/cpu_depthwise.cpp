@@ -323,6 +323,29 @@ inline void prefetch(const T* p, int64_t count) {
   }
 }
 
+// The line at p into the caches for writing (fetched owned: the store that follows does not wait
+// for its line to be read first). Like a prefetch hint it does not fault.
+template <typename T>
+inline void prefetch_for_writing(const T* p) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("prefetchw %0" : : "m"(*reinterpret_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p, 1, 3);
+#endif
+}
+
+// How the tiles store an output vector: `stream`, non-temporally (out_t == acc_t only, on a cache
+// line; see OutputStreaming::direct); else through the caches, the line `ahead` elements on (the
+// same column of the thread's next output row; 0: none) first prefetched for writing. A store
+// to a line that is not in the caches waits for it to be read from memory, and the allocator
+// hands outputs memory that other tensors last touched, often cold: the stride-2 input gradient
+// of 8x144x40x40 channels_last took 0.82 ms after a call that left its memory cold, 0.19 ms warm
+// (0.58 ms and 0.19 ms with the next row prefetched; v21 in cpu_direct_notes.md).
+struct OutputStore {
+  bool stream = false;
+  int64_t ahead = 0;
+};
+
 // Rows to prefetch, by column spans. The forward and the weight gradient prefetch the rows that
 // the next row reads and the current one does not, a tile at a time (each tile of the current row
 // takes its span of their columns), so memory streams while the row computes: whole rows at a
@@ -502,16 +525,16 @@ using tile_input_t =
 // Store a vector of acc_t as out_t: bfloat16 converted in registers (through an array, lane by
 // lane, the compiler spilled the tile's accumulators: a quarter of the bfloat16 forward's time),
 // with AVX512_BF16 by its instruction (store_columns' rounding, v19), else on the raw bits; half
-// each lane through from_acc. `stream` (out_t == acc_t only, p on a cache line; see
-// OutputStreaming::direct): a non-temporal store.
+// each lane through from_acc; as `store` says (OutputStore).
 template <typename out_t, typename acc_t>
-inline void store_vector(out_t* p, vec_t<acc_t> v, bool stream = false) {
+inline void store_vector(out_t* p, vec_t<acc_t> v, OutputStore store = {}) {
+  if (store.ahead) prefetch_for_writing(p + store.ahead);
   if constexpr (std::is_same_v<out_t, acc_t>) {
 #if defined(__AVX512F__)
     if constexpr (std::is_same_v<acc_t, float>) {
-      if (stream) return _mm512_stream_ps(p, __m512(v));
+      if (store.stream) return _mm512_stream_ps(p, __m512(v));
     } else if constexpr (std::is_same_v<acc_t, double>) {
-      if (stream) return _mm512_stream_pd(p, __m512d(v));
+      if (store.stream) return _mm512_stream_pd(p, __m512d(v));
     }
 #endif
     vstore(p, v);
@@ -622,7 +645,11 @@ struct RowBounds {
 // reach past the row's ends skipping the columns outside: there a border column alone costs as
 // much as a tile (v9: 5x5 and 7x7 layers 1.1x-2.2x; v20: 3x3 layers 1.0x-1.3x, which in v9, with
 // one border column a side, were no faster); otherwise the interior columns [first, last) in
-// tiles with `interior` taps and each other column alone with border(column)'s.
+// tiles with `interior` taps and each other column alone with border(column)'s. Window tiles
+// take one channel vector at a time, so their width need not shrink with NB: windows of 5 and 7
+// taps, which load TW + KW - 1 columns for TW outputs, in tiles of 16, 8, then 7 (a 7-column row
+// whole), then halves: 5x5 and 7x7 layers forward 1.0x-1.7x, backward 1.1x-1.8x (v21); windows
+// of 3 stay 16 / NB wide (16 wide: 56x56 forward 0.79x).
 template <typename Border, typename Tile>
 inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t blocks, int64_t lanes,
                      const ColumnTaps& interior, const Border& border, const Tile& tile,
@@ -640,8 +667,14 @@ inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t block
     constexpr int64_t NB = decltype(nb)::value;
     if (has_window_tiles(interior.window) && bounds.known) {
       int64_t column = 0;
-      windows(nb, constant<16 / NB>{}, column, c0);
-      if constexpr (NB == 1) windows(nb, constant<8>{}, column, c0);
+      if (interior.window >= 5) {
+        windows(nb, constant<16>{}, column, c0);
+        windows(nb, constant<8>{}, column, c0);
+        windows(nb, constant<7>{}, column, c0);
+      } else {
+        windows(nb, constant<16 / NB>{}, column, c0);
+        if constexpr (NB == 1) windows(nb, constant<8>{}, column, c0);
+      }
       windows(nb, constant<4>{}, column, c0);
       windows(nb, constant<2>{}, column, c0);
       windows(nb, constant<1>{}, column, c0);
@@ -694,7 +727,7 @@ template <typename out_t, typename acc_t, int64_t TW, int64_t NB, int64_t KW, bo
 [[gnu::always_inline]] inline void forward_tile_window(
     const in_t* x, int64_t column_step, const acc_t* wt, int64_t wt_step, const acc_t* bias,
     out_t* y, int64_t ysw, const int64_t* row_offsets, int64_t nrows, bool flipped, int64_t lo,
-    int64_t hi, bool stream) {
+    int64_t hi, OutputStore store) {
   constexpr int64_t L = lanes<acc_t>();
   for (int64_t j = 0; j < NB; ++j) {
     vec_t<acc_t> acc[TW];
@@ -718,7 +751,7 @@ template <typename out_t, typename acc_t, int64_t TW, int64_t NB, int64_t KW, bo
     }
 #pragma GCC unroll 16
     for (int64_t i = 0; i < TW; ++i)
-      store_vector<out_t, acc_t>(y + i * ysw + j * L, acc[i], stream);
+      store_vector<out_t, acc_t>(y + i * ysw + j * L, acc[i], store);
   }
 }
 
@@ -730,14 +763,14 @@ template <typename out_t, typename acc_t, int64_t TW, int64_t NB, typename in_t>
 [[gnu::always_inline]] inline void forward_tile(
     const in_t* x, int64_t column_step, const acc_t* wt, int64_t wt_step, const acc_t* bias,
     out_t* y, int64_t ysw, const int64_t* row_offsets, int64_t nrows, const ColumnTaps& taps,
-    bool stream = false) {
+    OutputStore store = {}) {
   // the window's first column: tap 0's, or the last tap's when flipped (taps without a window
   // may be none)
   const in_t* xw = taps.window ? x + taps.offset[taps.flipped ? taps.count - 1 : 0] : x;
   if (with_window<TW>(taps, [&](auto kw, auto clamp) __attribute__((always_inline)) {
         forward_tile_window<out_t, acc_t, TW, NB, decltype(kw)::value, decltype(clamp)::value>(
             xw, column_step, wt, wt_step, bias, y, ysw, row_offsets, nrows, taps.flipped, taps.lo,
-            taps.hi, stream);
+            taps.hi, store);
       }))
     return;
   constexpr int64_t L = lanes<acc_t>();
@@ -761,7 +794,7 @@ template <typename out_t, typename acc_t, int64_t TW, int64_t NB, typename in_t>
   }
   for (int64_t i = 0; i < TW; ++i)
     for (int64_t j = 0; j < NB; ++j)
-      store_vector<out_t, acc_t>(y + i * ysw + j * L, acc[i][j], stream);
+      store_vector<out_t, acc_t>(y + i * ysw + j * L, acc[i][j], store);
 }
 
 // Forward, channels innermost, multiplier 1: per output row, tiles of output columns x channel
@@ -792,14 +825,20 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
     // half: the input rows converted to acc_t once, not once per tap and pixel
     ConvertedRows<scalar_t, acc_t> converted(g, kConvertedRows<scalar_t>);
     PrefetchRows<scalar_t> ahead(x, xs.w, g.W, g.SW == 1 && g.SH == 1 && g.SD == 1);
+    auto row_start = [&](int64_t r) {  // of output row r in y
+      return r / (g.OD * g.OH) * ys.n + (r / g.OH) % g.OD * ys.d + r % g.OH * ys.h;
+    };
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (g.OD * g.OH), od = (r / g.OH) % g.OD, oh = r % g.OH;
       const int64_t nrows = input_rows(g, xs, n, od, oh, offsets.data());
+      const OutputStore store{streaming.direct, !streaming.any() && r + 1 < end
+                                                    ? row_start(r + 1) - row_start(r)
+                                                    : 0};
       ahead.clear();
       if (r + 1 < end)
         ahead.set(scratch.data(), input_rows_of(g, xs, r + 1, scratch.data()), offsets.data(),
                   nrows);
-      scalar_t* const target = y + n * ys.n + od * ys.d + oh * ys.h;
+      scalar_t* const target = y + row_start(r);
       scalar_t* const yrow = streaming.staged ? staged_row.data() : target;
       const in_t* xr;
       if constexpr (kConvertedRows<scalar_t>) {
@@ -814,8 +853,7 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
                                c0, NB * L);
         forward_tile<scalar_t, acc_t, TW, NB>(
             xr + (ow * g.SW - g.PW) * xsw + c0, g.SW * xsw, wt.data() + c0, wt_step,
-            bias.data() + c0, yrow + ow * ys.w + c0, ys.w, offsets.data(), nrows, taps,
-            streaming.direct);
+            bias.data() + c0, yrow + ow * ys.w + c0, ys.w, offsets.data(), nrows, taps, store);
       };
       tile_row(g.OW, first, last, blocks, L, window.all(),
                [&](int64_t ow) { return window.of_column(ow); }, tile, bounds);
@@ -1029,7 +1067,7 @@ template <typename out_t, typename acc_t, int64_t TW, int64_t NB, int64_t KW, bo
           typename in_t>
 inline void input_grad_pairs_tile(const in_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
                                   out_t* dx, int64_t dxsw, const int64_t* offsets, int64_t nrows,
-                                  int64_t j0, int64_t OW, bool stream) {
+                                  int64_t j0, int64_t OW, OutputStore store) {
   constexpr int64_t L = lanes<acc_t>(), PW = KW / 2, first = -(PW / 2);
   constexpr int64_t last = (TW - 1 + PW) / 2 + 1;
   vec_t<acc_t> acc[TW][NB];
@@ -1057,7 +1095,7 @@ inline void input_grad_pairs_tile(const in_t* dy, int64_t dysw, const acc_t* wt,
   }
   for (int64_t t = 0; t < TW; ++t)
     for (int64_t b = 0; b < NB; ++b)
-      store_vector<out_t, acc_t>(dx + t * dxsw + b * L, acc[t][b], stream);
+      store_vector<out_t, acc_t>(dx + t * dxsw + b * L, acc[t][b], store);
 }
 
 // Calls input_grad_pairs_tile over dx columns [i0, W) for the NB channel vectors at dy, dx, wt:
@@ -1066,21 +1104,21 @@ template <typename out_t, typename acc_t, int64_t KW, int64_t NB, int64_t TW = 1
           typename in_t>
 inline void input_grad_pairs(const in_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
                              out_t* dx, int64_t dxsw, const int64_t* offsets, int64_t nrows,
-                             int64_t i0, int64_t W, int64_t OW, bool stream) {
+                             int64_t i0, int64_t W, int64_t OW, OutputStore store) {
   constexpr int64_t PW = KW / 2;
   for (; i0 + TW <= W; i0 += TW) {
     const int64_t j0 = i0 / 2;
     const bool inside = j0 - PW / 2 >= 0 && j0 + (TW - 1 + PW) / 2 < OW;
     if (inside)
       input_grad_pairs_tile<out_t, acc_t, TW, NB, KW, false>(dy, dysw, wt, wt_step, dx + i0 * dxsw,
-                                                             dxsw, offsets, nrows, j0, OW, stream);
+                                                             dxsw, offsets, nrows, j0, OW, store);
     else
       input_grad_pairs_tile<out_t, acc_t, TW, NB, KW, true>(dy, dysw, wt, wt_step, dx + i0 * dxsw,
-                                                            dxsw, offsets, nrows, j0, OW, stream);
+                                                            dxsw, offsets, nrows, j0, OW, store);
   }
   if constexpr (TW > 1)
     input_grad_pairs<out_t, acc_t, KW, NB, TW / 2>(dy, dysw, wt, wt_step, dx, dxsw, offsets,
-                                                   nrows, i0, W, OW, stream);
+                                                   nrows, i0, W, OW, store);
 }
 
 // input_grad_pairs over `blocks` channel vectors. Rows of 48 columns and more in groups of NB
@@ -1090,35 +1128,34 @@ inline void input_grad_pairs(const in_t* dy, int64_t dysw, const acc_t* wt, int6
 template <typename out_t, typename acc_t, int64_t KW, typename in_t>
 void input_grad_pairs_row(const in_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
                           out_t* dx, int64_t dxsw, const int64_t* offsets, int64_t nrows,
-                          int64_t blocks, int64_t W, int64_t OW, bool stream) {
+                          int64_t blocks, int64_t W, int64_t OW, OutputStore store) {
   constexpr int64_t L = lanes<acc_t>(), NB = KW == 3 ? 4 : 2;
   int64_t c0 = 0;
   for (; W >= 48 && c0 + NB * L <= blocks * L; c0 += NB * L)
     input_grad_pairs<out_t, acc_t, KW, NB>(dy + c0, dysw, wt + c0, wt_step, dx + c0, dxsw,
-                                           offsets, nrows, 0, W, OW, stream);
+                                           offsets, nrows, 0, W, OW, store);
   for (; c0 < blocks * L; c0 += L)
     input_grad_pairs<out_t, acc_t, KW, 1>(dy + c0, dysw, wt + c0, wt_step, dx + c0, dxsw, offsets,
-                                          nrows, 0, W, OW, stream);
+                                          nrows, 0, W, OW, store);
 }
 
 // One input row's gradient, `channels` innermost (whole vectors of L through the tiles, then the
 // tail one at a time): dy's rows at `offsets` (column stride dysw), weights [tap][wt_step],
-// `zeros` at least `channels` long; dx's columns dxsw apart. `scratch` holds 2 * KW. `stream`:
-// see OutputStreaming::direct.
+// `zeros` at least `channels` long; dx's columns dxsw apart. `scratch` holds 2 * KW.
 template <typename out_t, typename acc_t, typename in_t>
 void input_grad_row(const in_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
                     const acc_t* zeros, const int64_t* offsets, int64_t nrows,
                     const std::vector<ColumnPhase>& phases, const Geometry& g, int64_t channels,
-                    out_t* dx, int64_t dxsw, int64_t* scratch, bool stream = false) {
+                    out_t* dx, int64_t dxsw, int64_t* scratch, OutputStore store = {}) {
   constexpr int64_t L = lanes<acc_t>();
   const int64_t blocks = channels / L;
   const bool pairs = has_pair_tiles(g);
   if (pairs && g.KW == 3)
     input_grad_pairs_row<out_t, acc_t, 3>(dy, dysw, wt, wt_step, dx, dxsw, offsets, nrows, blocks,
-                                          g.W, g.OW, stream);
+                                          g.W, g.OW, store);
   else if (pairs)
     input_grad_pairs_row<out_t, acc_t, 5>(dy, dysw, wt, wt_step, dx, dxsw, offsets, nrows, blocks,
-                                          g.W, g.OW, stream);
+                                          g.W, g.OW, store);
   for (int64_t p = 0; p < g.SW; ++p) {
     const ColumnPhase& phase = phases[p];
     // at stride 1 without dilation every tap reads consecutive dy columns: a flipped window
@@ -1138,7 +1175,7 @@ void input_grad_row(const in_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_st
     auto tile = [&](auto tw, auto nb, int64_t j, int64_t c0, const ColumnTaps& taps) {
       forward_tile<out_t, acc_t, decltype(tw)::value, decltype(nb)::value>(
           dy + j * dysw + c0, dysw, wt + c0, wt_step, zeros + c0, dx + (p + g.SW * j) * dxsw + c0,
-          g.SW * dxsw, offsets, nrows, taps, stream);
+          g.SW * dxsw, offsets, nrows, taps, store);
     };
     if (!pairs) tile_row(phase.columns, phase.first, phase.last, blocks, L, interior, border, tile);
     for (int64_t j = 0; blocks * L < channels && j < phase.columns; ++j) {  // the channel tail
@@ -1177,9 +1214,15 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
     std::vector<int64_t> offsets(2 * g.KD * g.KH), previous(2 * g.KD * g.KH), scratch(2 * g.KW);
     ConvertedRows<scalar_t, acc_t> converted(rows_geometry, kConvertedRows<scalar_t>);
     PrefetchRows<scalar_t> new_rows(dy, dys.w, g.OW, true);
+    auto row_start = [&](int64_t r) {  // of input row r in dx
+      return r / (g.D * g.H) * dxs.n + (r / g.H) % g.D * dxs.d + r % g.H * dxs.h;
+    };
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (g.D * g.H), id = (r / g.H) % g.D, ih = r % g.H;
       const int64_t nrows = receiving_rows(g, dys, n, id, ih, offsets.data());
+      const OutputStore store{streaming.direct, !streaming.any() && r + 1 < end
+                                                    ? row_start(r + 1) - row_start(r)
+                                                    : 0};
       new_rows.clear();
       if (const int64_t r0 = r - 1; r0 >= begin)
         new_rows.set(offsets.data(), nrows, previous.data(),
@@ -1193,10 +1236,10 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
       } else {
         dyr = dy;
       }
-      scalar_t* const target = dx + n * dxs.n + id * dxs.d + ih * dxs.h;
+      scalar_t* const target = dx + row_start(r);
       input_grad_row(dyr, dysw, wt.data(), wt_step, zeros.data(), offsets.data(), nrows, phases, g,
                      g.C, streaming.staged ? staged_row.data() : target, dxs.w, scratch.data(),
-                     streaming.direct);
+                     store);
       if (streaming.staged) stream_row(staged_row.data(), target, g.W * g.C);
     }
     if (streaming.any()) stream_fence();
