@@ -17,7 +17,7 @@ from diagonalwise.algorithms import Algorithm, Native
 from diagonalwise.blocking import candidate_block_sizes
 from diagonalwise.call import ConvCall, bucket
 from diagonalwise.layout import CHANNELS_LAST_FORMAT
-from diagonalwise.timing import environment
+from diagonalwise.timing import Timing, environment
 from diagonalwise.tuning import collect_conv_calls
 from tests.builders import tiny_mobilenet
 from tests.equivalence import TOLERANCES
@@ -369,3 +369,37 @@ def test_whole_model_check_keeps_a_faster_plan_and_drops_a_slower_one(tmp_path, 
     assert plan.layers["3"].algorithm == ("block_diagonal:8" if kept else "native")
     assert dw.Plan.from_dict(plan.to_dict()).whole_model == plan.whole_model
     torch.testing.assert_close(model(x), native(x), **TOLERANCES[torch.float64])
+
+
+@pytest.mark.parametrize("first_rounds, more_rounds, rounds_run, kept", [
+    # medians 2% apart with spreads of 10%: undecided, 10 more rounds decide on all 15
+    ({"native": [1.0, 0.9, 1.1, 1.0, 0.95], "tuned": [1.02, 0.92, 1.12, 1.02, 0.97]},
+     {"native": [1.0] * 10, "tuned": [0.9] * 10}, [5, 10], True),
+    ({"native": [1.0, 0.9, 1.1, 1.0, 0.95], "tuned": [0.98, 0.88, 1.08, 0.98, 0.93]},
+     {"native": [1.0] * 10, "tuned": [1.1] * 10}, [5, 10], False),
+    # medians farther apart than the spreads: decided by the first 5
+    ({"native": [1.0, 1.01, 0.99, 1.0, 1.0], "tuned": [1.2, 1.21, 1.19, 1.2, 1.2]},
+     None, [5], False),
+], ids=["undecided-then-faster", "undecided-then-slower", "decided"])
+def test_whole_model_check_measures_more_rounds_when_the_first_are_undecided(
+        monkeypatch, first_rounds, more_rounds, rounds_run, kept):
+    torch.manual_seed(0)
+    model = tiny_mobilenet().double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    plan = dw.tune(model, x, cache=False, timer=FakeTimer({"native": 1.0,
+                                                           "block_diagonal:8": 0.5}))
+    answers = [first_rounds, more_rounds]
+    calls = []
+
+    def fake_measure_interleaved(functions, device, *, warmup, repeats):
+        calls.append(repeats)
+        return {variant: Timing(list(answers[len(calls) - 1][variant])) for variant in functions}
+
+    monkeypatch.setattr(tuning.whole_model, "measure_interleaved", fake_measure_interleaved)
+    verdict = tuning.measure_whole_model(model, (x,), plan)
+    assert calls == rounds_run
+    assert verdict["kept"] is kept
+    samples = {variant: first_rounds[variant] + (more_rounds or {}).get(variant, [])
+               for variant in first_rounds}
+    assert verdict["native_seconds"] == pytest.approx(sorted(samples["native"])[
+        len(samples["native"]) // 2])

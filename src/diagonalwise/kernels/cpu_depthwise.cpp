@@ -14,7 +14,8 @@
 // The backward reads x and dy once for the three gradients where the order allows (planes,
 // channel blocks, row loops). Calls moving more than 16 MB write the channels-inner forward's
 // output and input gradient with streaming stores (float, double from the tiles; bfloat16,
-// half: rows staged; OutputStreaming).
+// half: rows staged; OutputStreaming); smaller ones through the caches, each row's tiles
+// prefetching for writing the next row's lines (OutputStore).
 // Accumulation is in at::opmath_type (float for float, bfloat16, half; double for double). The
 // weight gradient reduces in a fixed order: per channel in sample/row order (width-inner), or in
 // a fixed number of row chunks summed in chunk order (channels-inner), so for a given thread
@@ -562,6 +563,11 @@ inline void store_vector(out_t* p, vec_t<acc_t> v, OutputStore store = {}) {
 // calls, 0.8x (the threshold keeps those cached).
 int64_t streaming_threshold = int64_t(16) << 20;
 
+// Where row r of rows in (sample, depth, height) order, `depth` x `height` per sample, starts.
+inline int64_t row_start(int64_t r, int64_t depth, int64_t height, const Strides& s) {
+  return r / (depth * height) * s.n + (r / height) % depth * s.d + r % height * s.h;
+}
+
 // How a channels-inner kernel writes its output (as the kernels allocate it: columns
 // `column_stride` elements apart, rows `row_stride`, `channels` per column) in a call moving
 // `bytes`: through the caches up to streaming_threshold, above it with streaming stores where
@@ -587,6 +593,14 @@ struct OutputStreaming {
 #endif
   }
   bool any() const { return direct || staged; }
+
+  // How row r of a thread's rows [r, end) stores its tiles (OutputStore): rows in (sample, depth,
+  // height) order, `depth` x `height` of them per sample, `strides` the output's.
+  OutputStore row_store(int64_t r, int64_t end, int64_t depth, int64_t height,
+                        const Strides& strides) const {
+    if (any() || r + 1 >= end) return {direct, 0};
+    return {false, row_start(r + 1, depth, height, strides) - row_start(r, depth, height, strides)};
+  }
 };
 
 // `count` elements from a staged row (a Buffer) to `out`, both on cache lines, count * sizeof(T) a
@@ -825,20 +839,15 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
     // half: the input rows converted to acc_t once, not once per tap and pixel
     ConvertedRows<scalar_t, acc_t> converted(g, kConvertedRows<scalar_t>);
     PrefetchRows<scalar_t> ahead(x, xs.w, g.W, g.SW == 1 && g.SH == 1 && g.SD == 1);
-    auto row_start = [&](int64_t r) {  // of output row r in y
-      return r / (g.OD * g.OH) * ys.n + (r / g.OH) % g.OD * ys.d + r % g.OH * ys.h;
-    };
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (g.OD * g.OH), od = (r / g.OH) % g.OD, oh = r % g.OH;
       const int64_t nrows = input_rows(g, xs, n, od, oh, offsets.data());
-      const OutputStore store{streaming.direct, !streaming.any() && r + 1 < end
-                                                    ? row_start(r + 1) - row_start(r)
-                                                    : 0};
+      const OutputStore store = streaming.row_store(r, end, g.OD, g.OH, ys);
       ahead.clear();
       if (r + 1 < end)
         ahead.set(scratch.data(), input_rows_of(g, xs, r + 1, scratch.data()), offsets.data(),
                   nrows);
-      scalar_t* const target = y + row_start(r);
+      scalar_t* const target = y + row_start(r, g.OD, g.OH, ys);
       scalar_t* const yrow = streaming.staged ? staged_row.data() : target;
       const in_t* xr;
       if constexpr (kConvertedRows<scalar_t>) {
@@ -1214,15 +1223,10 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
     std::vector<int64_t> offsets(2 * g.KD * g.KH), previous(2 * g.KD * g.KH), scratch(2 * g.KW);
     ConvertedRows<scalar_t, acc_t> converted(rows_geometry, kConvertedRows<scalar_t>);
     PrefetchRows<scalar_t> new_rows(dy, dys.w, g.OW, true);
-    auto row_start = [&](int64_t r) {  // of input row r in dx
-      return r / (g.D * g.H) * dxs.n + (r / g.H) % g.D * dxs.d + r % g.H * dxs.h;
-    };
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (g.D * g.H), id = (r / g.H) % g.D, ih = r % g.H;
       const int64_t nrows = receiving_rows(g, dys, n, id, ih, offsets.data());
-      const OutputStore store{streaming.direct, !streaming.any() && r + 1 < end
-                                                    ? row_start(r + 1) - row_start(r)
-                                                    : 0};
+      const OutputStore store = streaming.row_store(r, end, g.D, g.H, dxs);
       new_rows.clear();
       if (const int64_t r0 = r - 1; r0 >= begin)
         new_rows.set(offsets.data(), nrows, previous.data(),
@@ -1236,7 +1240,7 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
       } else {
         dyr = dy;
       }
-      scalar_t* const target = dx + row_start(r);
+      scalar_t* const target = dx + row_start(r, g.D, g.H, dxs);
       input_grad_row(dyr, dysw, wt.data(), wt_step, zeros.data(), offsets.data(), nrows, phases, g,
                      g.C, streaming.staged ? staged_row.data() : target, dxs.w, scratch.data(),
                      store);

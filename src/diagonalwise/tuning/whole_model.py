@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..algorithms import Native
-from ..timing import measure_interleaved
+from ..timing import Timing, measure_interleaved
 from .capture import restored_state
 from .plan import Plan
 
@@ -28,12 +28,22 @@ def model_step(model: nn.Module, example_inputs: tuple) -> Callable[[], None]:
     return step
 
 
+def undecided(timings: dict[str, Timing]) -> bool:
+    """Whether the medians of ``timings`` lie closer together than the wider of their spreads."""
+    medians = [timing.median for timing in timings.values()]
+    return max(medians) - min(medians) < max(timing.spread for timing in timings.values())
+
+
 def measure_whole_model(model: nn.Module, example_inputs: tuple, plan: Plan, *,
                         measure: ModelMeasure | None = None, repeats: int = 5) -> dict:
     """Time forward+backward of the whole model with the plan's algorithms and with native ones,
     taking turns, and return the verdict ``{"tuned_seconds", "native_seconds", "kept"}`` (kept:
-    the plan is not slower). The model is left as it was: its layers' algorithms, gradients and
-    batch-norm statistics are put back."""
+    the plan is not slower). Where the two medians differ by less than the timings' spread, twice
+    as many rounds again decide on all the samples: with ``repeats`` rounds alone, plans a few
+    percent faster than native came out slower by noise and were dropped (MobileNet V2 in NCHW
+    on a 2-core CPU: kept at 1.12x in one run, dropped at 0.98x in the next, same kernels). The
+    model is left as it was: its layers' algorithms, gradients and batch-norm statistics are put
+    back."""
     modules = dict(model.named_modules())
     tuned = {name: modules[name].algorithm for name in plan.layers}
 
@@ -49,6 +59,10 @@ def measure_whole_model(model: nn.Module, example_inputs: tuple, plan: Plan, *,
             if measure is None:
                 device = next(t.device for t in example_inputs if isinstance(t, torch.Tensor))
                 timings = measure_interleaved(functions, device, warmup=1, repeats=repeats)
+                if undecided(timings):
+                    more = measure_interleaved(functions, device, warmup=0, repeats=2 * repeats)
+                    for variant, timing in more.items():
+                        timings[variant].samples += timing.samples
                 seconds = {variant: timing.median for variant, timing in timings.items()}
             else:
                 seconds = measure(functions)
