@@ -847,7 +847,7 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
       if (r + 1 < end)
         ahead.set(scratch.data(), input_rows_of(g, xs, r + 1, scratch.data()), offsets.data(),
                   nrows);
-      scalar_t* const target = y + row_start(r, g.OD, g.OH, ys);
+      scalar_t* const target = y + n * ys.n + od * ys.d + oh * ys.h;
       scalar_t* const yrow = streaming.staged ? staged_row.data() : target;
       const in_t* xr;
       if constexpr (kConvertedRows<scalar_t>) {
@@ -1240,7 +1240,7 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
       } else {
         dyr = dy;
       }
-      scalar_t* const target = dx + row_start(r, g.D, g.H, dxs);
+      scalar_t* const target = dx + n * dxs.n + id * dxs.d + ih * dxs.h;
       input_grad_row(dyr, dysw, wt.data(), wt_step, zeros.data(), offsets.data(), nrows, phases, g,
                      g.C, streaming.staged ? staged_row.data() : target, dxs.w, scratch.data(),
                      store);
