@@ -82,12 +82,19 @@ def test_unbatched_input(dims, poisoned_outputs):
     # border columns with some taps outside, rows narrower than the kernel, strides, dilation
     ((3, 3), 1, 1, 1, (5, 23)),
     ((3, 3), 2, 1, 1, (9, 16)),
+    # 3x3 windows: the weight gradient's tiles of 8, 7 and 5 columns, rows of 14 and 21 in 7s;
+    # the forward's the same up to 28 columns, 16 / NB wide above
+    ((3, 3), 1, 1, 1, (3, 13)),
+    ((3, 3), 1, 1, 1, (3, 14)),
+    ((3, 3), 1, 1, 1, (2, 21)),
+    ((3, 3), 1, 1, 1, (3, 31)),
     ((7, 7), 1, 3, 1, (4, 4)),
     ((5, 3), (1, 2), (2, 4), (1, 3), (6, 19)),
     ((1, 4), 1, "same", 2, (3, 14)),
     # whole windows of 5 and 7 taps (forward_tile_window, weight_grad_tile_window): tiles of 16,
-    # 8, 7, 4, 2 and 1 columns
+    # 8, 7, 5, 4, 2 and 1 columns
     ((5, 5), 1, 2, 1, (6, 21)),
+    ((5, 5), 1, 2, 1, (5, 5)),
     ((5, 5), 1, 2, 1, (5, 23)),
     ((7, 7), 1, 3, 1, (9, 30)),
     ((7, 7), 1, 3, 1, (8, 15)),

@@ -646,9 +646,11 @@ constexpr bool has_window_tiles(int64_t width) { return width == 3 || width == 5
 // column ow's window column c reads row column ow - pad + c (stride 1), inside iff in [0, width).
 // Not known for the channel blocks' zero-padded rows: there the interior in window tiles, the
 // rest alone was faster than windows down to one column (windows: 0.8x on 7x7 planes, v9).
+// `wide`: windows of 3 taps in tiles as wide as those of 5 and 7 taps (tile_row).
 struct RowBounds {
   bool known = false;
   int64_t pad = 0, width = 0;
+  bool wide = false;
 };
 
 // One row of `columns` output columns through the channels-inner tiles: channel groups of 4
@@ -661,9 +663,13 @@ struct RowBounds {
 // one border column a side, were no faster); otherwise the interior columns [first, last) in
 // tiles with `interior` taps and each other column alone with border(column)'s. Window tiles
 // take one channel vector at a time, so their width need not shrink with NB: windows of 5 and 7
-// taps, which load TW + KW - 1 columns for TW outputs, in tiles of 16, 8, then 7 (a 7-column row
-// whole), then halves: 5x5 and 7x7 layers forward 1.0x-1.7x, backward 1.1x-1.8x (v21); windows
-// of 3 stay 16 / NB wide (16 wide: 56x56 forward 0.79x).
+// taps, which load TW + KW - 1 columns for TW outputs, in tiles of 16, 8, 7 (a 7-column row
+// whole), 5, then halves: 5x5 and 7x7 layers forward 1.0x-1.7x, backward 1.1x-1.8x (v21).
+// Windows of 3 taps the same without 16 where `wide` (the weight gradient: each tile adds its
+// sums to the chunk's per row, a 7-column row in tiles of 4, 2 and 1 three times per tap, 1.2x-1.5x
+// on 5x5 to 14x14 maps; the forward on rows of up to 28 columns, 1.05x-1.2x, 0.94x on 56 columns),
+// else 16 / NB wide (16 wide: 56x56 forward 0.79x). Rows of 14 and 21 columns go in tiles of 7
+// (two and three tiles, against three and four). v22 in cpu_direct_notes.md.
 template <typename Border, typename Tile>
 inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t blocks, int64_t lanes,
                      const ColumnTaps& interior, const Border& border, const Tile& tile,
@@ -681,10 +687,12 @@ inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t block
     constexpr int64_t NB = decltype(nb)::value;
     if (has_window_tiles(interior.window) && bounds.known) {
       int64_t column = 0;
-      if (interior.window >= 5) {
-        windows(nb, constant<16>{}, column, c0);
+      if (interior.window >= 5 || bounds.wide) {
+        if (columns % 7 == 0 && columns <= 21) windows(nb, constant<7>{}, column, c0);
+        if (interior.window >= 5) windows(nb, constant<16>{}, column, c0);
         windows(nb, constant<8>{}, column, c0);
         windows(nb, constant<7>{}, column, c0);
+        windows(nb, constant<5>{}, column, c0);
       } else {
         windows(nb, constant<16 / NB>{}, column, c0);
         if constexpr (NB == 1) windows(nb, constant<8>{}, column, c0);
@@ -830,7 +838,7 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
   const int64_t rows = g.N * g.OD * g.OH, blocks = g.O / L;
   const int64_t xsw = kConvertedRows<scalar_t> ? g.C : xs.w;
   const WindowTaps window(g, xsw);
-  const RowBounds bounds{true, g.PW, g.W};
+  const RowBounds bounds{true, g.PW, g.W, g.OW <= 28};
   const int64_t bytes = (g.N * g.C * g.D * g.H * g.W + rows * g.OW * g.O) * sizeof(scalar_t);
   const OutputStreaming<scalar_t> streaming(y, ys.w, ys.h, g.O, bytes);
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
@@ -1355,7 +1363,7 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
   using in_t = tile_input_t<scalar_t>;
   const int64_t xsw = kConvertedRows<scalar_t> ? g.C : xs.w;
   const WindowTaps window(g, xsw);
-  const RowBounds bounds{true, g.PW, g.W};
+  const RowBounds bounds{true, g.PW, g.W, true};
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KD * g.KH);
     ConvertedRows<scalar_t, acc_t> converted(g, kConvertedRows<scalar_t>);
