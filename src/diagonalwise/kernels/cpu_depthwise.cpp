@@ -1343,6 +1343,25 @@ template <typename acc_t, int64_t TW, int64_t NB, typename in_t>
   }
 }
 
+// The weight and bias gradients from the chunks' sums (per chunk, `stride` apart: a row of `step`
+// >= O values per tap, then the bias's), summed in chunk order: the same bits run to run.
+template <typename scalar_t, typename acc_t>
+void sum_chunks(const acc_t* partial, int64_t chunks, int64_t stride, int64_t step, int64_t taps,
+                int64_t O, scalar_t* dw, scalar_t* db) {
+  over_channel_blocks(O, chunks * (taps + 1), [&](int64_t o0, int64_t o1) {
+    acc_t sum[kChannelBlock];
+    for (int64_t t = 0; t <= taps; ++t) {
+      for (int64_t o = o0; o < o1; ++o) sum[o - o0] = 0;
+      for (int64_t chunk = 0; chunk < chunks; ++chunk)
+        for (int64_t o = o0; o < o1; ++o) sum[o - o0] += partial[chunk * stride + t * step + o];
+      for (int64_t o = o0; o < o1; ++o) {
+        if (t < taps && dw) dw[o * taps + t] = static_cast<scalar_t>(sum[o - o0]);
+        if (t == taps && db) db[o] = static_cast<scalar_t>(sum[o - o0]);
+      }
+    }
+  });
+}
+
 // Weight and bias gradients, channels innermost, multiplier 1: one task per fixed chunk of output
 // rows; per row, tiles of output columns x channel vectors through weight_grad_tile (border
 // columns one at a time, with their valid taps only), the channel tail one value at a time, into
@@ -1426,18 +1445,7 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
       }
     }
   });
-  over_channel_blocks(g.O, chunks * (taps + 1), [&](int64_t o0, int64_t o1) {
-    acc_t sum[kChannelBlock];
-    for (int64_t t = 0; t <= taps; ++t) {
-      for (int64_t o = o0; o < o1; ++o) sum[o - o0] = 0;
-      for (int64_t chunk = 0; chunk < chunks; ++chunk)
-        for (int64_t o = o0; o < o1; ++o) sum[o - o0] += partial[chunk * stride + t * tap_step + o];
-      for (int64_t o = o0; o < o1; ++o) {
-        if (t < taps && dw) dw[o * taps + t] = static_cast<scalar_t>(sum[o - o0]);
-        if (t == taps && db) db[o] = static_cast<scalar_t>(sum[o - o0]);
-      }
-    }
-  });
+  sum_chunks(partial.data(), chunks, stride, tap_step, taps, g.O, dw, db);
 }
 
 template <typename scalar_t>
@@ -1448,7 +1456,7 @@ void weight_grad_channels_inner(const scalar_t* dy, Strides dys, const scalar_t*
   // a fixed partition of the rows: the sums do not depend on which thread ran which chunk
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows, at::get_num_threads()));
   const int64_t width = g.taps() * g.O;
-  std::vector<acc_t> partial(chunks * (width + g.O), acc_t(0));
+  Buffer<acc_t> partial(chunks * (width + g.O), acc_t(0));
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       acc_t* pw = partial.data() + chunk * (width + g.O);
@@ -1485,18 +1493,7 @@ void weight_grad_channels_inner(const scalar_t* dy, Strides dys, const scalar_t*
       }
     }
   });
-  for (int64_t o = 0; o < g.O; ++o) {
-    for (int64_t t = 0; t < g.taps(); ++t) {
-      acc_t sum = 0;
-      for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[chunk * (width + g.O) + t * g.O + o];
-      if (dw) dw[o * g.taps() + t] = static_cast<scalar_t>(sum);
-    }
-    if (db) {
-      acc_t sum = 0;
-      for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[chunk * (width + g.O) + width + o];
-      db[o] = static_cast<scalar_t>(sum);
-    }
-  }
+  sum_chunks(partial.data(), chunks, width + g.O, g.O, g.taps(), g.O, dw, db);
 }
 
 // ---------------------------------------------------------------------------------------------
