@@ -665,11 +665,11 @@ struct RowBounds {
 // take one channel vector at a time, so their width need not shrink with NB: windows of 5 and 7
 // taps, which load TW + KW - 1 columns for TW outputs, in tiles of 16, 8, 7 (a 7-column row
 // whole), 5, then halves: 5x5 and 7x7 layers forward 1.0x-1.7x, backward 1.1x-1.8x (v21).
-// Windows of 3 taps the same without 16 where `wide` (the weight gradient: each tile adds its
-// sums to the chunk's per row, a 7-column row in tiles of 4, 2 and 1 three times per tap, 1.2x-1.5x
-// on 5x5 to 14x14 maps; the forward on rows of up to 28 columns, 1.05x-1.2x, 0.94x on 56 columns),
-// else 16 / NB wide (16 wide: 56x56 forward 0.79x). Rows of 14 and 21 columns go in tiles of 7
-// (two and three tiles, against three and four). v22 in cpu_direct_notes.md.
+// Windows of 3 taps the same without 16 where `wide`: the weight gradient (each tile adds its
+// sums to the chunk's once per row and tap, three times for a 7-column row in tiles of 4, 2 and
+// 1; 1.2x-1.5x on 5x5 to 14x14 maps) and the forward on rows of up to 28 columns (1.05x-1.2x;
+// 0.94x on 56); else 16 / NB wide (16 wide: 56x56 forward 0.79x). Rows of 14 and 21 columns go
+// in tiles of 7 (two and three tiles, against three and four). v22 in cpu_direct_notes.md.
 template <typename Border, typename Tile>
 inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t blocks, int64_t lanes,
                      const ColumnTaps& interior, const Border& border, const Tile& tile,
