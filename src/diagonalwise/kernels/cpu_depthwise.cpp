@@ -1401,7 +1401,7 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
         if (const int64_t r1 = r + 1; r1 < (chunk + 1) * rows / chunks) {
           x_ahead.set(scratch.data(), input_rows_of(g, xs, r1, scratch.data()), offsets.data(),
                       nrows);
-          dy_ahead.add(r1 / (g.OD * g.OH) * dys.n + (r1 / g.OH) % g.OD * dys.d + r1 % g.OH * dys.h);
+          dy_ahead.add(row_start(r1, g.OD, g.OH, dys));
         }
         const in_t *xr, *dyr;
         int64_t dysw;
