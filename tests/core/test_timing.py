@@ -1,8 +1,8 @@
-"""The machine's usual copy bandwidth, against which a busy benchmark run shows."""
+"""Timing: the machine's usual copy bandwidth, against which a busy run shows; fair interleaving."""
 
 from __future__ import annotations
 
-from diagonalwise.timing import BANDWIDTH_HISTORY, usual_copy_bandwidth
+from diagonalwise.timing import BANDWIDTH_HISTORY, measure_interleaved, usual_copy_bandwidth
 
 
 def test_the_usual_copy_bandwidth_is_the_median_of_recent_runs(tmp_path, monkeypatch):
@@ -14,3 +14,27 @@ def test_the_usual_copy_bandwidth_is_the_median_of_recent_runs(tmp_path, monkeyp
         usual = usual_copy_bandwidth("cpu", 10.0)
     assert usual == 10.0  # only the last runs count
     assert '"other device": 5.0' in (tmp_path / "copy-bandwidth.json").read_text()
+
+
+def test_interleaved_rounds_change_who_runs_before_whom():
+    """A rotated order keeps each function's predecessor, whose cache state it inherits."""
+    calls = []
+    names = ["native", "light", "heavy", "other"]
+    timings = measure_interleaved({name: lambda name=name: calls.append(name) for name in names},
+                                  "cpu", warmup=1, repeats=6)
+    assert calls[:4] == names and all(len(t.samples) == 6 for t in timings.values())
+    rounds = [calls[4 + 4 * r:8 + 4 * r] for r in range(6)]
+    assert all(sorted(order) == sorted(names) for order in rounds)
+    predecessors = {name: set() for name in names}
+    for before, after in zip(calls[4:], calls[5:]):
+        predecessors[after].add(before)
+    assert all(len(p) >= 2 for p in predecessors.values())
+    # the second round of each pair reverses the first: every position evened out per pair
+    assert all(rounds[r + 1] == rounds[r][::-1] for r in range(0, 6, 2))
+
+
+def test_two_interleaved_functions_take_turns_going_first():
+    calls = []
+    measure_interleaved({name: lambda name=name: calls.append(name) for name in "ab"}, "cpu",
+                        warmup=0, repeats=4)
+    assert [calls[i] for i in range(0, 8, 2)].count("a") == 2
