@@ -646,12 +646,64 @@ constexpr bool has_window_tiles(int64_t width) { return width == 3 || width == 5
 // column ow's window column c reads row column ow - pad + c (stride 1), inside iff in [0, width).
 // Not known for the channel blocks' zero-padded rows: there the interior in window tiles, the
 // rest alone was faster than windows down to one column (windows: 0.8x on 7x7 planes, v9).
-// `wide`: windows of 3 taps in tiles as wide as those of 5 and 7 taps (tile_row).
+// `widths`: the window tiles' widths in a row, in order (window_tile_widths); where empty, windows
+// of 3 taps go in tiles 16 / NB wide (tile_row).
 struct RowBounds {
   bool known = false;
   int64_t pad = 0, width = 0;
-  bool wide = false;
+  std::vector<int64_t> widths;
 };
+
+// The widths of the window tiles (16 only for windows of 5 and 7 taps, 8, 7, 5, 4, 2, 1) that
+// cover a row of `columns` output columns for windows of `window` taps at the least cost, each
+// tile's cost the cycles of whichever bounds it per input row: its multiply-adds (one per cycle),
+// its loads (as many, on their own port) or its sums' latency (4 cycles a multiply-add, TW chains
+// of `window`: a narrow tile waits on it), plus `window` for the tile's own work (the weights
+// loaded). Equal costs keep the wider tile first. A row of 10 columns thus goes in tiles of 5
+// and 5, not 8 and 2 (v23 in cpu_direct_notes.md), of 14 in 7 and 7, of 28 in 8, 8, 8, 4.
+inline std::vector<int64_t> window_tile_widths(int64_t columns, int64_t window) {
+  constexpr int64_t kWidths[] = {16, 8, 7, 5, 4, 2, 1};
+  auto cost = [&](int64_t w) {
+    return std::max({w * window, 2 * window - 1 + w, 4 * window}) + window;
+  };
+  std::vector<int64_t> best(columns + 1, 0), first(columns + 1, 0);
+  for (int64_t c = 1; c <= columns; ++c) {
+    best[c] = std::numeric_limits<int64_t>::max();
+    for (const int64_t w : kWidths)
+      if (w <= c && (w < 16 || window >= 5) && best[c - w] + cost(w) < best[c]) {
+        best[c] = best[c - w] + cost(w);
+        first[c] = w;
+      }
+  }
+  std::vector<int64_t> widths;
+  for (int64_t c = columns; c > 0; c -= first[c]) widths.push_back(first[c]);
+  return widths;
+}
+
+// The weight gradient's tile widths (its tiles' cost is their number more than their widths:
+// 8 + 2 against 5 + 5 for rows of 10 was 0.92x on 5x5 windows, v23): rows of 7, 14 and 21 in 7s,
+// else as many of 16 (windows of 5 and 7 taps), 8, 7, 5, 4, 2, 1 as fit, in that order.
+inline std::vector<int64_t> weight_grad_tile_widths(int64_t columns, int64_t window) {
+  std::vector<int64_t> widths;
+  int64_t left = columns;
+  for (const int64_t w : {columns % 7 == 0 && columns <= 21 ? int64_t(7) : int64_t(0),
+                          window >= 5 ? int64_t(16) : int64_t(0), int64_t(8), int64_t(7),
+                          int64_t(5), int64_t(4), int64_t(2), int64_t(1)})
+    for (; w > 0 && left >= w; left -= w) widths.push_back(w);
+  return widths;
+}
+
+// RowBounds of rows `width` long with `pad` columns of padding before them, for output rows of
+// `columns` through windows of `window` taps; `wide`: windows of 3 taps in tiles as wide as those
+// of 5 and 7 taps (tile_row); `weight_grad`: the weight gradient's tile widths.
+inline RowBounds row_bounds(int64_t pad, int64_t width, int64_t columns, int64_t window,
+                            bool wide, bool weight_grad = false) {
+  RowBounds bounds{true, pad, width, {}};
+  if (has_window_tiles(window) && (window >= 5 || wide))
+    bounds.widths = weight_grad ? weight_grad_tile_widths(columns, window)
+                                : window_tile_widths(columns, window);
+  return bounds;
+}
 
 // One row of `columns` output columns through the channels-inner tiles: channel groups of 4
 // vectors (then 2, then single ones) outermost, so each group walks the row at the pixel stride,
@@ -663,17 +715,23 @@ struct RowBounds {
 // one border column a side, were no faster); otherwise the interior columns [first, last) in
 // tiles with `interior` taps and each other column alone with border(column)'s. Window tiles
 // take one channel vector at a time, so their width need not shrink with NB: windows of 5 and 7
-// taps, which load TW + KW - 1 columns for TW outputs, in tiles of 16, 8, 7 (a 7-column row
-// whole), 5, then halves: 5x5 and 7x7 layers forward 1.0x-1.7x, backward 1.1x-1.8x (v21).
-// Windows of 3 taps the same without 16 where `wide`: the weight gradient (each tile adds its
-// sums to the chunk's once per row and tap, three times for a 7-column row in tiles of 4, 2 and
-// 1; 1.2x-1.5x on 5x5 to 14x14 maps) and the forward on rows of up to 28 columns (1.05x-1.2x;
-// 0.94x on 56); else 16 / NB wide (16 wide: 56x56 forward 0.79x). Rows of 14 and 21 columns go
-// in tiles of 7 (two and three tiles, against three and four). v22 in cpu_direct_notes.md.
+// taps, which load TW + KW - 1 columns for TW outputs, in tiles of up to 16 (bounds.widths):
+// 5x5 and 7x7 layers forward 1.0x-1.7x, backward 1.1x-1.8x (v21). Windows of 3 taps the same
+// without 16 where `wide`: the weight gradient (each tile adds its sums to the chunk's once per
+// row and tap, three times for a 7-column row in tiles of 4, 2 and 1; 1.2x-1.5x on 5x5 to 14x14
+// maps) and the forward on rows of up to 28 columns (1.05x-1.2x; 0.94x on 56); else 16 / NB
+// wide, then halves (16 wide: 56x56 forward 0.79x). v22 in cpu_direct_notes.md.
 template <typename Border, typename Tile>
 inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t blocks, int64_t lanes,
                      const ColumnTaps& interior, const Border& border, const Tile& tile,
-                     RowBounds bounds = {}) {
+                     const RowBounds& bounds = RowBounds{}) {
+  auto window_tile = [&](auto nb, auto tw, int64_t& column, int64_t c0) {
+    ColumnTaps taps = interior;
+    taps.lo = std::max<int64_t>(0, bounds.pad - column);
+    taps.hi = bounds.width + bounds.pad - column;
+    tile(tw, nb, column, c0, taps);
+    column += decltype(tw)::value;
+  };
   auto windows = [&](auto nb, auto tw, int64_t& column, int64_t c0) {
     constexpr int64_t TW = decltype(tw)::value;
     for (; column + TW <= columns; column += TW) {
@@ -687,16 +745,17 @@ inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t block
     constexpr int64_t NB = decltype(nb)::value;
     if (has_window_tiles(interior.window) && bounds.known) {
       int64_t column = 0;
-      if (interior.window >= 5 || bounds.wide) {
-        if (columns % 7 == 0 && columns <= 21) windows(nb, constant<7>{}, column, c0);
-        if (interior.window >= 5) windows(nb, constant<16>{}, column, c0);
-        windows(nb, constant<8>{}, column, c0);
-        windows(nb, constant<7>{}, column, c0);
-        windows(nb, constant<5>{}, column, c0);
-      } else {
-        windows(nb, constant<16 / NB>{}, column, c0);
-        if constexpr (NB == 1) windows(nb, constant<8>{}, column, c0);
-      }
+      for (const int64_t width : bounds.widths) switch (width) {
+          case 16: window_tile(nb, constant<16>{}, column, c0); break;
+          case 8: window_tile(nb, constant<8>{}, column, c0); break;
+          case 7: window_tile(nb, constant<7>{}, column, c0); break;
+          case 5: window_tile(nb, constant<5>{}, column, c0); break;
+          case 4: window_tile(nb, constant<4>{}, column, c0); break;
+          case 2: window_tile(nb, constant<2>{}, column, c0); break;
+          default: window_tile(nb, constant<1>{}, column, c0);
+        }
+      windows(nb, constant<16 / NB>{}, column, c0);
+      if constexpr (NB == 1) windows(nb, constant<8>{}, column, c0);
       windows(nb, constant<4>{}, column, c0);
       windows(nb, constant<2>{}, column, c0);
       windows(nb, constant<1>{}, column, c0);
@@ -838,7 +897,7 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
   const int64_t rows = g.N * g.OD * g.OH, blocks = g.O / L;
   const int64_t xsw = kConvertedRows<scalar_t> ? g.C : xs.w;
   const WindowTaps window(g, xsw);
-  const RowBounds bounds{true, g.PW, g.W, g.OW <= 28};
+  const RowBounds bounds = row_bounds(g.PW, g.W, g.OW, g.KW, g.OW <= 28);
   const int64_t bytes = (g.N * g.C * g.D * g.H * g.W + rows * g.OW * g.O) * sizeof(scalar_t);
   const OutputStreaming<scalar_t> streaming(y, ys.w, ys.h, g.O, bytes);
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
@@ -1382,7 +1441,7 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
   using in_t = tile_input_t<scalar_t>;
   const int64_t xsw = kConvertedRows<scalar_t> ? g.C : xs.w;
   const WindowTaps window(g, xsw);
-  const RowBounds bounds{true, g.PW, g.W, true};
+  const RowBounds bounds = row_bounds(g.PW, g.W, g.OW, g.KW, true, true);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KD * g.KH);
     ConvertedRows<scalar_t, acc_t> converted(g, kConvertedRows<scalar_t>);
