@@ -82,10 +82,9 @@ def test_unbatched_input(dims, poisoned_outputs):
     # border columns with some taps outside, rows narrower than the kernel, strides, dilation
     ((3, 3), 1, 1, 1, (5, 23)),
     ((3, 3), 2, 1, 1, (9, 16)),
-    # 3x3 windows: the weight gradient's tiles of 8, 7, 5, 4, 2 and 1 columns as
-    # window_tile_widths picks them (rows of 6 in 4 + 2, 9 in 5 + 4, 10 in 5 + 5, 11 in 7 + 4,
-    # 13 in 8 + 5, 14 in 7 + 7, 21 in 8 + 8 + 5); the forward's the same up to 28 columns, 16 / NB
-    # wide above
+    # 3x3 windows: the forward's tiles as window_tile_widths picks them up to 28 columns (rows of
+    # 6 in 4 + 2, 9 in 5 + 4, 10 in 5 + 5, 11 in 7 + 4, 13 in 8 + 5, 14 in 7 + 7, 21 in 8 + 8 + 5),
+    # 16 / NB wide above; the weight gradient's in 7s for rows of 14 and 21, else 8, 7, 5, 4, 2, 1
     ((3, 3), 1, 1, 1, (3, 6)),
     ((3, 3), 1, 1, 1, (3, 9)),
     ((3, 3), 1, 1, 1, (2, 10)),
