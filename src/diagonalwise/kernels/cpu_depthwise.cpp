@@ -733,13 +733,7 @@ inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t block
     column += decltype(tw)::value;
   };
   auto windows = [&](auto nb, auto tw, int64_t& column, int64_t c0) {
-    constexpr int64_t TW = decltype(tw)::value;
-    for (; column + TW <= columns; column += TW) {
-      ColumnTaps taps = interior;
-      taps.lo = std::max<int64_t>(0, bounds.pad - column);
-      taps.hi = bounds.width + bounds.pad - column;
-      tile(tw, nb, column, c0, taps);
-    }
+    while (column + decltype(tw)::value <= columns) window_tile(nb, tw, column, c0);
   };
   auto group = [&](auto nb, int64_t c0) {
     constexpr int64_t NB = decltype(nb)::value;
