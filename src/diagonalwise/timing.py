@@ -90,27 +90,34 @@ def measure(fn: Callable[[], object], device: torch.device | str, *, warmup: int
     return Timing(samples)
 
 
+#: The rounds' orders in :func:`measure_interleaved`, drawn from one sequence per process.
+_SHUFFLER = random.Random(0)
+
+
 def measure_interleaved(fns: dict[str, Callable[[], object]], device: torch.device | str, *,
                         warmup: int = 2, repeats: int = 5) -> dict[str, Timing]:
     """Time several functions fairly: after ``warmup`` runs of each, ``repeats`` rounds that run
     each once, so drift in the machine's speed (other tenants, clocks, allocator state) falls on
     all of them alike instead of on whichever ran last. Each pair of rounds runs a shuffled order
-    and then the same reversed (seeded: the same orders on every run), so that every function
-    runs after different ones: the caches a function finds hold what ran before it, and a
-    rotated order keeps each function's predecessor. On the CPU a light function that always ran
-    after the heaviest lost: cpu_direct's step on a float32 channels_last 8x192x20x20 stride-2
-    layer measured 0.88x-0.97x native rotated among its 9 candidates, native always right after
-    cpu_direct's small footprint, and 0.97x-1.20x shuffled (cpu_direct_notes.md)."""
+    and then the same reversed, so that every function runs after different ones: the caches a
+    function finds hold what ran before it, and a rotated order keeps each function's
+    predecessor. On the CPU a light function that always ran after the heaviest lost:
+    cpu_direct's step on a float32 channels_last 8x192x20x20 stride-2 layer measured 0.88x-0.97x
+    native rotated among its 9 candidates, native always right after cpu_direct's small
+    footprint, and 0.97x-1.20x shuffled (cpu_direct_notes.md). The shuffles come from one
+    generator seeded once per process (the same orders for the same sequence of calls), not
+    reseeded per call: reseeded, each place in the list met the same predecessors in every call,
+    every layer and mode of a bench, and in an A/B of two kernels that alone moved a small
+    layer's time by up to a fifth (v24 in cpu_direct_notes.md)."""
     device = torch.device(device)
     names = list(fns)
     for name in names:
         for _ in range(warmup):
             fns[name]()
     timings = {name: Timing() for name in names}
-    shuffler = random.Random(0)
     order = names
     for round_index in range(repeats):
-        order = shuffler.sample(names, len(names)) if round_index % 2 == 0 else order[::-1]
+        order = _SHUFFLER.sample(names, len(names)) if round_index % 2 == 0 else order[::-1]
         for name in order:
             timings[name].samples += measure(fns[name], device, warmup=0, repeats=1).samples
     return timings

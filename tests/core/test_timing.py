@@ -38,3 +38,14 @@ def test_two_interleaved_functions_take_turns_going_first():
     measure_interleaved({name: lambda name=name: calls.append(name) for name in "ab"}, "cpu",
                         warmup=0, repeats=4)
     assert [calls[i] for i in range(0, 8, 2)].count("a") == 2
+
+
+def test_successive_interleaved_measurements_draw_new_orders():
+    """Reseeded per call, each place in the list met the same predecessors in every call."""
+    names = ["native", "light", "heavy", "other", "more"]
+    calls = []
+    functions = {name: lambda name=name: calls.append(name) for name in names}
+    for _ in range(4):
+        measure_interleaved(functions, "cpu", warmup=0, repeats=1)
+    orders = {tuple(calls[i:i + len(names)]) for i in range(0, len(calls), len(names))}
+    assert len(orders) > 1
