@@ -114,7 +114,8 @@ def test_unbatched_input(dims, poisoned_outputs):
 def test_channels_inner_tiles_match_native_float64(geometry, layout, poisoned_outputs):
     """59 channels: in channels_last 7 whole float64 vectors (groups of 4, 2 and 1) and a tail
     of 3, through every tile shape of the channels-inner forward, input and weight gradients; in
-    NCHW the same tiles on channel blocks."""
+    NCHW the same tiles on channel blocks, as few as fit a row (fewest_tile_widths: rows of 23 in
+    16 + 7, 31 in 16 + 8 + 7, 21 in 7 + 7 + 7, 10 in 8 + 2)."""
     kernel, stride, padding, dilation, sizes = geometry
     operands = make_operands(2, 2, 59, 1, 1, kernel, sizes, True, layout)
     assert_matches_native(2, *operands, stride, padding, dilation, 59, algorithm="cpu_direct")

@@ -652,14 +652,16 @@ constexpr bool has_window_tiles(int64_t width) { return width == 3 || width == 5
 
 // Where the rows the tiles read begin and end, for window tiles that reach past them: output
 // column ow's window column c reads row column ow - pad + c (stride 1), inside iff in [0, width).
-// Not known for the channel blocks' zero-padded rows: there the interior in window tiles, the
-// rest alone was faster than windows down to one column (windows: 0.8x on 7x7 planes, v9).
-// `widths`: the window tiles' widths in a row, in order (window_tile_widths); where empty, windows
-// of 3 taps go in tiles 16 / NB wide (tile_row).
+// `clamps` false: no window reaches past a row (the channel blocks' zero-padded rows; pad and
+// width unused, and the tiles get the interior's taps as they are: copying them per tile with
+// bounds that never clamp cost 3%-6% on 10x10 and 20x20 planes, v26). `widths`: the window tiles'
+// widths in a row, in order (window_tile_widths); where empty, windows of 3 taps go in tiles
+// 16 / NB wide (tile_row).
 struct RowBounds {
   bool known = false;
   int64_t pad = 0, width = 0;
   std::vector<int64_t> widths;
+  bool clamps = true;
 };
 
 // The widths of the window tiles (16 only for windows of 5 and 7 taps, 8, 7, 5, 4, 2, 1) that
@@ -688,15 +690,16 @@ inline std::vector<int64_t> window_tile_widths(int64_t columns, int64_t window) 
   return widths;
 }
 
-// The weight gradient's tile widths (its tiles' cost is their number more than their widths:
-// 8 + 2 against 5 + 5 for rows of 10 was 0.92x on 5x5 windows, v23): rows of 7, 14 and 21 in 7s,
-// else as many of 16 (windows of 5 and 7 taps), 8, 7, 5, 4, 2, 1 as fit, in that order.
-inline std::vector<int64_t> weight_grad_tile_widths(int64_t columns, int64_t window) {
+// The tile widths where a tile's cost is their number more than their widths (the weight
+// gradient: 8 + 2 against 5 + 5 for rows of 10 was 0.92x on 5x5 windows, v23; the channel
+// blocks, v26): rows of 7, 14 and 21 in 7s, else as many of 16 (where `sixteen`), 8, 7, 5, 4, 2,
+// 1 as fit, in that order.
+inline std::vector<int64_t> fewest_tile_widths(int64_t columns, bool sixteen) {
   std::vector<int64_t> widths;
   int64_t left = columns;
   for (const int64_t w : {columns % 7 == 0 && columns <= 21 ? int64_t(7) : int64_t(0),
-                          window >= 5 ? int64_t(16) : int64_t(0), int64_t(8), int64_t(7),
-                          int64_t(5), int64_t(4), int64_t(2), int64_t(1)})
+                          sixteen ? int64_t(16) : int64_t(0), int64_t(8), int64_t(7), int64_t(5),
+                          int64_t(4), int64_t(2), int64_t(1)})
     for (; w > 0 && left >= w; left -= w) widths.push_back(w);
   return widths;
 }
@@ -708,7 +711,7 @@ inline RowBounds row_bounds(int64_t pad, int64_t width, int64_t columns, int64_t
                             bool wide, bool weight_grad = false) {
   RowBounds bounds{true, pad, width, {}};
   if (has_window_tiles(window) && (window >= 5 || wide))
-    bounds.widths = weight_grad ? weight_grad_tile_widths(columns, window)
+    bounds.widths = weight_grad ? fewest_tile_widths(columns, window >= 5)
                                 : window_tile_widths(columns, window);
   return bounds;
 }
@@ -734,10 +737,14 @@ inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t block
                      const ColumnTaps& interior, const Border& border, const Tile& tile,
                      const RowBounds& bounds = RowBounds{}) {
   auto window_tile = [&](auto nb, auto tw, int64_t& column, int64_t c0) {
-    ColumnTaps taps = interior;
-    taps.lo = std::max<int64_t>(0, bounds.pad - column);
-    taps.hi = bounds.width + bounds.pad - column;
-    tile(tw, nb, column, c0, taps);
+    if (bounds.clamps) {
+      ColumnTaps taps = interior;
+      taps.lo = std::max<int64_t>(0, bounds.pad - column);
+      taps.hi = bounds.width + bounds.pad - column;
+      tile(tw, nb, column, c0, taps);
+    } else {
+      tile(tw, nb, column, c0, interior);
+    }
     column += decltype(tw)::value;
   };
   auto windows = [&](auto nb, auto tw, int64_t& column, int64_t c0) {
@@ -2267,16 +2274,27 @@ inline void prefetch_block(const scalar_t* v, const Strides& s, int64_t count, i
   }
 }
 
+// The channel blocks' RowBounds: every tap of every output lies inside the padded buffer, so no
+// tile's window reaches past a row; the tiles as few as fit, 16 wide for windows of 3 taps too
+// (their columns lie one vector apart, not a pixel apart as in channels_last). Rows of 7 in one
+// tile, not 4 + 2 + 1: 7x7 planes float32 1.07x-1.12x, bfloat16 1.2x (v26 in cpu_direct_notes.md).
+inline RowBounds padded_row_bounds(const Geometry& g) {
+  RowBounds bounds{true, 0, 0, {}, false};
+  if (has_window_tiles(g.KW)) bounds.widths = fewest_tile_widths(g.OW, true);
+  return bounds;
+}
+
 // One channel block's window sums: every output row of g from buf (laid out p, gathered), weights
 // [tap][L], into out (laid out out_layout). Every tap of every output lies inside the padded
 // buffer, so every column takes the whole window (taps into the padding add products with its
 // zeros) and the rows go through the window tiles end to end: 1.07x-2.3x faster on planes of
-// 28x28 down to 4x4 than border columns one at a time with only their valid taps (v8e). Rows
-// wholly in the padding are left out. `offsets` holds 2 * KD * KH.
+// 28x28 down to 4x4 than border columns one at a time with only their valid taps (v8e); in the
+// widths of padded_row_bounds (`bounds`). Rows wholly in the padding are left out. `offsets`
+// holds 2 * KD * KH.
 template <typename acc_t>
 void block_window_sums(const acc_t* buf, const Padded& p, const Geometry& g,
-                       const WindowTaps& window, const acc_t* wt, const acc_t* bias, acc_t* out,
-                       const Padded& out_layout, int64_t* offsets) {
+                       const WindowTaps& window, const RowBounds& bounds, const acc_t* wt,
+                       const acc_t* bias, acc_t* out, const Padded& out_layout, int64_t* offsets) {
   constexpr int64_t L = lanes<acc_t>();
   for (int64_t od = 0; od < g.OD; ++od)
     for (int64_t oh = 0; oh < g.OH; ++oh) {
@@ -2286,7 +2304,8 @@ void block_window_sums(const acc_t* buf, const Padded& p, const Geometry& g,
         forward_tile<acc_t, acc_t, decltype(tw)::value, decltype(nb)::value>(
             buf + ow * g.SW * L, g.SW * L, wt, L, bias, orow + ow * L, L, offsets, nrows, taps);
       };
-      tile_row(g.OW, 0, g.OW, 1, L, window.all(), [&](int64_t) { return window.all(); }, tile);
+      tile_row(g.OW, 0, g.OW, 1, L, window.all(), [&](int64_t) { return window.all(); }, tile,
+               bounds);
     }
 }
 
@@ -2298,6 +2317,7 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
   const Padded p = strided_layout(g), out_layout{g.OD, g.OH, g.OW, 0, 0, 0};
   const int64_t groups = (g.C + L - 1) / L;
   const WindowTaps window(g, L);
+  const RowBounds bounds = padded_row_bounds(g);
   Buffer<acc_t> block_wt, block_bias;
   block_weights(w, b, g, block_wt, block_bias);
   at::parallel_for(0, g.N * groups, 1, [&](int64_t begin, int64_t end) {
@@ -2312,7 +2332,8 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
         prefetch_block(x + next_n * xs.n + next_c0 * xs.c, xs, std::min(L, g.C - next_c0), g.D,
                        g.H, g.W);
       }
-      block_window_sums(buf.data(), p, g, window, block_wt.data() + (task % groups) * g.taps() * L,
+      block_window_sums(buf.data(), p, g, window, bounds,
+                        block_wt.data() + (task % groups) * g.taps() * L,
                         block_bias.data() + (task % groups) * L, out.data(), out_layout,
                         offsets.data());
       scatter_channels(out.data(), out_layout, count, g.OD, g.OH, g.OW, y + n * ys.n + c0 * ys.c,
@@ -2337,6 +2358,8 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
   const bool as_forward = dx && input_grad_is_padded_forward(g);
   const Geometry transposed = input_grad_as_forward(g);
   const WindowTaps flipped_window(transposed, L);
+  const RowBounds bounds = padded_row_bounds(g),
+                  input_grad_bounds = padded_row_bounds(transposed);
   const std::vector<ColumnPhase> phases = as_forward ? std::vector<ColumnPhase>()
                                                      : column_phases(g, L);
   const Padded dy_layout =
@@ -2382,12 +2405,12 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
             // every column with the whole window, as in block_window_sums (an inf in dy meets
             // the padding's zeros in a NaN, as in native's NCHW weight gradient)
             tile_row(g.OW, 0, g.OW, 1, L, window.all(), [&](int64_t) { return window.all(); },
-                     tile);
+                     tile, bounds);
           }
       }
       if (as_forward) {
         block_window_sums(static_cast<const acc_t*>(dybuf.data()), dy_layout, transposed,
-                          flipped_window,
+                          flipped_window, input_grad_bounds,
                           flipped_wt.data() + (task % groups) * taps * L, zeros.data(),
                           dxbuf.data(), dx_layout, offsets.data());
       } else if (dx) {
