@@ -690,10 +690,10 @@ inline std::vector<int64_t> window_tile_widths(int64_t columns, int64_t window) 
   return widths;
 }
 
-// The tile widths where a tile's cost is their number more than their widths (the weight
-// gradient: 8 + 2 against 5 + 5 for rows of 10 was 0.92x on 5x5 windows, v23; the channel
-// blocks, v26): rows of 7, 14 and 21 in 7s, else as many of 16 (where `sixteen`), 8, 7, 5, 4, 2,
-// 1 as fit, in that order.
+// Tile widths for tiles that cost by their number more than by their widths (the weight
+// gradient's: 8 + 2 against 5 + 5 for rows of 10 was 0.92x on 5x5 windows, v23; the channel
+// blocks', v26): rows of 7, 14 and 21 in 7s, else as many of 16 (where `sixteen`), 8, 7, 5, 4,
+// 2, 1 as fit, in that order.
 inline std::vector<int64_t> fewest_tile_widths(int64_t columns, bool sixteen) {
   std::vector<int64_t> widths;
   int64_t left = columns;
