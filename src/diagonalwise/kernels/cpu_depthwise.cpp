@@ -2258,20 +2258,20 @@ inline int64_t padded_rows(const Geometry& g, const Padded& p, int64_t od, int64
   return count;
 }
 
-// Ahead of a channel-block task: the block's planes of volume v (strides s), into the caches
-// while the current task computes, where each plane is dense.
+// Ahead of a channel-block task: the block's planes of volume v (strides s), into the L2 while
+// the current task computes, where each plane is dense. Not into the L1: a task's buffers alone
+// fill it from 14x14 planes on (16, 16 and 12.5 KB in the float32 backward), and the next block
+// fetched there was evicted before its gather read it. `written`: planes the task writes, read in
+// so that the scatter's stores find their lines rather than wait for them, where the block's
+// planes fit in 32 KB (16x512x14x14 float32 and bfloat16 1.1x; larger blocks 0.95x). v30 in
+// cpu_direct_notes.md.
 template <typename scalar_t>
 inline void prefetch_block(const scalar_t* v, const Strides& s, int64_t count, int64_t D,
-                           int64_t H, int64_t W) {
+                           int64_t H, int64_t W, bool written = false) {
   if (s.w != 1 || s.h != W || s.d != H * W) return;
   const int64_t volume = D * H * W;
-  const bool to_l1 = count * volume * static_cast<int64_t>(sizeof(scalar_t)) <= (32 << 10);
-  for (int64_t c = 0; c < count; ++c) {
-    if (to_l1)
-      prefetch<true>(v + c * s.c, volume);
-    else
-      prefetch<false>(v + c * s.c, volume);
-  }
+  if (written && count * volume * static_cast<int64_t>(sizeof(scalar_t)) > (32 << 10)) return;
+  for (int64_t c = 0; c < count; ++c) prefetch<false>(v + c * s.c, volume);
 }
 
 // The channel blocks' RowBounds: every tap of every output lies inside the padded buffer, so no
@@ -2329,8 +2329,10 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
       gather_channels(x + n * xs.n + c0 * xs.c, xs, count, g.D, g.H, g.W, p, buf.data());
       if (task + 1 < end) {
         const int64_t next_n = (task + 1) / groups, next_c0 = ((task + 1) % groups) * L;
-        prefetch_block(x + next_n * xs.n + next_c0 * xs.c, xs, std::min(L, g.C - next_c0), g.D,
-                       g.H, g.W);
+        const int64_t next_count = std::min(L, g.C - next_c0);
+        prefetch_block(x + next_n * xs.n + next_c0 * xs.c, xs, next_count, g.D, g.H, g.W);
+        prefetch_block(y + next_n * ys.n + next_c0 * ys.c, ys, next_count, g.OD, g.OH, g.OW,
+                       true);
       }
       block_window_sums(buf.data(), p, g, window, bounds,
                         block_wt.data() + (task % groups) * g.taps() * L,
@@ -2388,6 +2390,9 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
         const int64_t next_count = std::min(L, g.C - next_c0);
         prefetch_block(dy + next_n * dys.n + next_c0 * dys.c, dys, next_count, g.OD, g.OH, g.OW);
         if (dw) prefetch_block(x + next_n * xs.n + next_c0 * xs.c, xs, next_count, g.D, g.H, g.W);
+        if (dx)
+          prefetch_block(dx + next_n * dxs.n + next_c0 * dxs.c, dxs, next_count, g.D, g.H, g.W,
+                         true);
       }
       if (dw || db) {
         acc_t* acc = partial.data() + task * sums;
