@@ -2263,7 +2263,7 @@ inline int64_t padded_rows(const Geometry& g, const Padded& p, int64_t od, int64
 // fill it from 14x14 planes on (16, 16 and 12.5 KB in the float32 backward), and the next block
 // fetched there was evicted before its gather read it. `written`: planes the task writes, read in
 // so that the scatter's stores find their lines rather than wait for them, where the block's
-// planes fit in 32 KB (16x512x14x14 float32 and bfloat16 1.1x; larger blocks 0.95x). v30 in
+// planes fit in 32 KB (float32 14x14 and 7x7 planes 1.1x; blocks of 50-100 KB 0.95x). v30 in
 // cpu_direct_notes.md.
 template <typename scalar_t>
 inline void prefetch_block(const scalar_t* v, const Strides& s, int64_t count, int64_t D,
