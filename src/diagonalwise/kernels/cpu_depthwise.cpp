@@ -2258,20 +2258,44 @@ inline int64_t padded_rows(const Geometry& g, const Padded& p, int64_t od, int64
   return count;
 }
 
-// Ahead of a channel-block task: the block's planes of volume v (strides s), into the L2 while
-// the current task computes, where each plane is dense. Not into the L1: a task's buffers alone
-// fill it from 14x14 planes on (16, 16 and 12.5 KB in the float32 backward), and the next block
-// fetched there was evicted before its gather read it. `written`: planes the task writes, read in
-// so that the scatter's stores find their lines rather than wait for them, where the block's
-// planes fit in 32 KB (float32 14x14 and 7x7 planes 1.1x; blocks of 50-100 KB 0.95x). v30 in
-// cpu_direct_notes.md.
+// Ahead of a channel-block task: part `part` of `parts` of the block's planes of volume v
+// (strides s), into the L2 while the current task computes, where each plane is dense. Not into
+// the L1: a task's buffers alone fill it from 14x14 planes on (16, 16 and 12.5 KB in the float32
+// backward), and the next block fetched there was evicted before its gather read it. `written`:
+// planes the task writes, read in so that the scatter's stores find their lines rather than wait
+// for them, where the block's planes fit in 32 KB (float32 14x14 and 7x7 planes 1.1x; blocks of
+// 50-100 KB 0.95x; v30 in cpu_direct_notes.md). Parts: see prefetch_parts.
 template <typename scalar_t>
 inline void prefetch_block(const scalar_t* v, const Strides& s, int64_t count, int64_t D,
-                           int64_t H, int64_t W, bool written = false) {
+                           int64_t H, int64_t W, int64_t part, int64_t parts,
+                           bool written = false) {
   if (s.w != 1 || s.h != W || s.d != H * W) return;
-  const int64_t volume = D * H * W;
-  if (written && count * volume * static_cast<int64_t>(sizeof(scalar_t)) > (32 << 10)) return;
-  for (int64_t c = 0; c < count; ++c) prefetch<false>(v + c * s.c, volume);
+  const int64_t volume = D * H * W, bytes = volume * static_cast<int64_t>(sizeof(scalar_t));
+  if (written && count * bytes > (32 << 10)) return;
+  const char* first_plane = reinterpret_cast<const char*>(v);
+  const int64_t planes = s.c == volume ? 1 : count;  // one range where the planes adjoin
+  const int64_t span = planes == 1 ? count * bytes : bytes;
+  const int64_t lines = (span + 63) / 64, first = lines * part / parts,
+                end = lines * (part + 1) / parts;
+  for (int64_t c = 0; c < planes && end > first; ++c)
+    prefetch<false>(first_plane + c * s.c * static_cast<int64_t>(sizeof(scalar_t)) + first * 64,
+                    (end - first) * 64);
+}
+
+// Over how many of a task's `rows` the next block's prefetches (`lines` cache lines) spread: up to
+// 128 lines at once before the first row; more, 64 lines before each row from the first on. At
+// once, 400 lines and more held the task up behind them (float32 16x512x14x14 with the caches
+// cleared before each call: forward 1.4x-1.6x, step 1.45x faster spread); one line in every
+// row over all rows delayed the last ones: 10x10 planes' backward lost 6-10% (v31 in
+// cpu_direct_notes.md).
+inline int64_t prefetch_parts(int64_t lines, int64_t rows) {
+  return lines <= 128 ? 1 : std::clamp<int64_t>((lines + 63) / 64, 1, std::max<int64_t>(rows, 1));
+}
+
+// The cache lines of a channel block's planes of `volume` elements.
+template <typename scalar_t>
+constexpr int64_t block_lines(int64_t volume) {
+  return lanes<at::opmath_type<scalar_t>>() * volume * static_cast<int64_t>(sizeof(scalar_t)) / 64;
 }
 
 // The channel blocks' RowBounds: every tap of every output lies inside the padded buffer, so no
@@ -2290,14 +2314,16 @@ inline RowBounds padded_row_bounds(const Geometry& g) {
 // zeros) and the rows go through the window tiles end to end: 1.07x-2.3x faster on planes of
 // 28x28 down to 4x4 than border columns one at a time with only their valid taps (v8e); in the
 // widths of padded_row_bounds (`bounds`). Rows wholly in the padding are left out. `offsets`
-// holds 2 * KD * KH.
-template <typename acc_t>
+// holds 2 * KD * KH. ahead(row) runs before each output row (the next task's prefetches).
+template <typename acc_t, typename Ahead>
 void block_window_sums(const acc_t* buf, const Padded& p, const Geometry& g,
                        const WindowTaps& window, const RowBounds& bounds, const acc_t* wt,
-                       const acc_t* bias, acc_t* out, const Padded& out_layout, int64_t* offsets) {
+                       const acc_t* bias, acc_t* out, const Padded& out_layout, int64_t* offsets,
+                       const Ahead& ahead) {
   constexpr int64_t L = lanes<acc_t>();
   for (int64_t od = 0; od < g.OD; ++od)
     for (int64_t oh = 0; oh < g.OH; ++oh) {
+      ahead(od * g.OH + oh);
       const int64_t nrows = padded_rows(g, p, od, oh, L, offsets);
       acc_t* orow = out + out_layout.at(od, oh, 0) * L;
       auto tile = [&](auto tw, auto nb, int64_t ow, int64_t, const ColumnTaps& taps) {
@@ -2320,6 +2346,9 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
   const RowBounds bounds = padded_row_bounds(g);
   Buffer<acc_t> block_wt, block_bias;
   block_weights(w, b, g, block_wt, block_bias);
+  const int64_t parts = prefetch_parts(
+      block_lines<scalar_t>(g.D * g.H * g.W) + block_lines<scalar_t>(g.OD * g.OH * g.OW),
+      g.OD * g.OH);
   at::parallel_for(0, g.N * groups, 1, [&](int64_t begin, int64_t end) {
     Buffer<acc_t> buf(p.size() * L), out(out_layout.size() * L);
     zero_padding(buf.data(), p, g.D, g.H, g.W, g.C % L != 0);
@@ -2327,17 +2356,18 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / groups, c0 = (task % groups) * L, count = std::min(L, g.C - c0);
       gather_channels(x + n * xs.n + c0 * xs.c, xs, count, g.D, g.H, g.W, p, buf.data());
-      if (task + 1 < end) {
-        const int64_t next_n = (task + 1) / groups, next_c0 = ((task + 1) % groups) * L;
-        const int64_t next_count = std::min(L, g.C - next_c0);
-        prefetch_block(x + next_n * xs.n + next_c0 * xs.c, xs, next_count, g.D, g.H, g.W);
-        prefetch_block(y + next_n * ys.n + next_c0 * ys.c, ys, next_count, g.OD, g.OH, g.OW,
-                       true);
-      }
+      const int64_t next_n = (task + 1) / groups, next_c0 = ((task + 1) % groups) * L;
+      const int64_t next_count = std::min(L, g.C - next_c0);
       block_window_sums(buf.data(), p, g, window, bounds,
                         block_wt.data() + (task % groups) * g.taps() * L,
                         block_bias.data() + (task % groups) * L, out.data(), out_layout,
-                        offsets.data());
+                        offsets.data(), [&](int64_t row) {
+                          if (task + 1 >= end || row >= parts) return;
+                          prefetch_block(x + next_n * xs.n + next_c0 * xs.c, xs, next_count, g.D,
+                                         g.H, g.W, row, parts);
+                          prefetch_block(y + next_n * ys.n + next_c0 * ys.c, ys, next_count,
+                                         g.OD, g.OH, g.OW, row, parts, true);
+                        });
       scatter_channels(out.data(), out_layout, count, g.OD, g.OH, g.OW, y + n * ys.n + c0 * ys.c,
                        ys);
     }
@@ -2375,6 +2405,11 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
     for (int64_t tap = 0; tap < taps; ++tap)
       std::copy_n(block_wt.data() + (group * taps + tap) * L, L,
                   flipped_wt.data() + (group * taps + taps - 1 - tap) * L);
+  const int64_t dx_first_step = dw || db ? g.OD * g.OH : 0;
+  const int64_t volume_lines = block_lines<scalar_t>(g.D * g.H * g.W);
+  const int64_t parts = prefetch_parts(block_lines<scalar_t>(g.OD * g.OH * g.OW) +
+                                           (dw ? volume_lines : 0) + (dx ? volume_lines : 0),
+                                       dx_first_step + (dx ? g.D * g.H : 0));
   at::parallel_for(0, g.N * groups, 1, [&](int64_t begin, int64_t end) {
     Buffer<acc_t> xbuf(dw ? p.size() * L : 0), dybuf(dy_layout.size() * L);
     Buffer<acc_t> dxbuf(dx ? dx_layout.size() * L : 0);
@@ -2385,20 +2420,27 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
       const int64_t n = task / groups, c0 = (task % groups) * L, count = std::min(L, g.C - c0);
       gather_channels(dy + n * dys.n + c0 * dys.c, dys, count, g.OD, g.OH, g.OW, dy_layout,
                       dybuf.data());
-      if (task + 1 < end) {
-        const int64_t next_n = (task + 1) / groups, next_c0 = ((task + 1) % groups) * L;
-        const int64_t next_count = std::min(L, g.C - next_c0);
-        prefetch_block(dy + next_n * dys.n + next_c0 * dys.c, dys, next_count, g.OD, g.OH, g.OW);
-        if (dw) prefetch_block(x + next_n * xs.n + next_c0 * xs.c, xs, next_count, g.D, g.H, g.W);
+      const int64_t next_n = (task + 1) / groups, next_c0 = ((task + 1) % groups) * L;
+      const int64_t next_count = std::min(L, g.C - next_c0);
+      // step: the row this task is about to compute, of the weight gradient's rows and then the
+      // input gradient's
+      auto ahead = [&](int64_t step) {
+        if (task + 1 >= end || step >= parts) return;
+        prefetch_block(dy + next_n * dys.n + next_c0 * dys.c, dys, next_count, g.OD, g.OH, g.OW,
+                       step, parts);
+        if (dw)
+          prefetch_block(x + next_n * xs.n + next_c0 * xs.c, xs, next_count, g.D, g.H, g.W, step,
+                         parts);
         if (dx)
           prefetch_block(dx + next_n * dxs.n + next_c0 * dxs.c, dxs, next_count, g.D, g.H, g.W,
-                         true);
-      }
+                         step, parts, true);
+      };
       if (dw || db) {
         acc_t* acc = partial.data() + task * sums;
         if (dw) gather_channels(x + n * xs.n + c0 * xs.c, xs, count, g.D, g.H, g.W, p, xbuf.data());
         for (int64_t od = 0; od < g.OD; ++od)
           for (int64_t oh = 0; oh < g.OH; ++oh) {
+            ahead(od * g.OH + oh);
             const int64_t nrows = dw ? padded_rows(g, p, od, oh, L, offsets.data()) : 0;
             const acc_t* dyrow = dybuf.data() + dy_layout.at(od + dy_layout.lo_d,
                                                              oh + dy_layout.lo_h, dy_layout.lo_w) * L;
@@ -2417,10 +2459,12 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
         block_window_sums(static_cast<const acc_t*>(dybuf.data()), dy_layout, transposed,
                           flipped_window, input_grad_bounds,
                           flipped_wt.data() + (task % groups) * taps * L, zeros.data(),
-                          dxbuf.data(), dx_layout, offsets.data());
+                          dxbuf.data(), dx_layout, offsets.data(),
+                          [&](int64_t row) { ahead(dx_first_step + row); });
       } else if (dx) {
         for (int64_t id = 0; id < g.D; ++id)
           for (int64_t ih = 0; ih < g.H; ++ih) {
+            ahead(dx_first_step + id * g.H + ih);
             const int64_t nrows = receiving_rows(g, blocked_dy, 0, id, ih, offsets.data());
             input_grad_row(static_cast<const acc_t*>(dybuf.data()), L,
                            block_wt.data() + (task % groups) * taps * L, L, zeros.data(),
