@@ -2284,10 +2284,10 @@ inline void prefetch_block(const scalar_t* v, const Strides& s, int64_t count, i
 
 // Over how many of a task's `rows` the next block's prefetches (`lines` cache lines) spread: up to
 // 128 lines at once before the first row; more, 64 lines before each row from the first on. At
-// once, 400 lines and more held the task up behind them (float32 16x512x14x14 with the caches
-// cleared before each call: forward 1.4x-1.6x, step 1.45x faster spread); one line in every
-// row over all rows delayed the last ones: 10x10 planes' backward lost 6-10% (v31 in
-// cpu_direct_notes.md).
+// once, a float32 14x14 forward task's 392 lines held it up behind them (16x512x14x14 with the
+// caches cleared before each call: forward 1.4x-1.6x, step 1.45x faster spread); spread thinner,
+// over every row (a 10x10 backward's 300 lines, 15 a row), the last shares came too late: 6-10%
+// slower (v31 in cpu_direct_notes.md).
 inline int64_t prefetch_parts(int64_t lines, int64_t rows) {
   return lines <= 128 ? 1 : std::clamp<int64_t>((lines + 63) / 64, 1, std::max<int64_t>(rows, 1));
 }
