@@ -113,12 +113,22 @@ def test_unbatched_input(dims, poisoned_outputs):
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
 def test_channels_inner_tiles_match_native_float64(geometry, layout, poisoned_outputs):
     """59 channels: in channels_last 7 whole float64 vectors (groups of 4, 2 and 1) and a tail
-    of 3, through every tile shape of the channels-inner forward, input and weight gradients; in
-    NCHW the same tiles on channel blocks, as few as fit a row (fewest_tile_widths: rows of 23 in
-    16 + 7, 31 in 16 + 8 + 7, 21 in 7 + 7 + 7, 10 in 8 + 2)."""
+    of 3 (one more vector, overlapping the last), through every tile shape of the channels-inner
+    forward, input and weight gradients; in NCHW the same tiles on channel blocks, as few as fit
+    a row (fewest_tile_widths: rows of 23 in 16 + 7, 31 in 16 + 8 + 7, 21 in 7 + 7 + 7, 10 in
+    8 + 2)."""
     kernel, stride, padding, dilation, sizes = geometry
     operands = make_operands(2, 2, 59, 1, 1, kernel, sizes, True, layout)
     assert_matches_native(2, *operands, stride, padding, dilation, 59, algorithm="cpu_direct")
+
+
+@pytest.mark.parametrize("stride", [1, (1, 2, 2)])
+def test_channel_tail_vector_matches_native_float64(stride, poisoned_outputs):
+    """54 channels (X3D's first stage) in channels_last_3d: 6 whole float64 vectors and a tail of
+    6, which the tiles take as one more vector overlapping the last: written twice in the
+    forward and input gradient, summed apart in the weight gradient."""
+    operands = make_operands(3, 2, 54, 1, 1, (3, 3, 3), (3, 9, 10), True, "channels_last")
+    assert_matches_native(3, *operands, stride, 1, 1, 54, algorithm="cpu_direct")
 
 
 @pytest.fixture
@@ -205,16 +215,18 @@ def test_autocast_bfloat16_matches_native():
         torch.testing.assert_close(mine, theirs, **TOLERANCES[torch.bfloat16])
 
 
-def test_one_and_two_threads_agree_and_repeats_are_bitwise_identical():
-    x = torch.randn(4, 32, 17, 17).contiguous(memory_format=torch.channels_last)
-    weight = torch.randn(32, 1, 5, 5)
+@pytest.mark.parametrize("channels", [32, 54])  # whole vectors, and a tail summed apart
+def test_one_and_two_threads_agree_and_repeats_are_bitwise_identical(channels):
+    x = torch.randn(4, channels, 17, 17).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(channels, 1, 5, 5)
     previous = torch.get_num_threads()
     results = {}
     try:
         for threads in (1, 2, 2):
             torch.set_num_threads(threads)
             leaves = [t.clone().requires_grad_() for t in (x, weight)]
-            dw.conv2d(*leaves, None, 1, 2, 1, 32, algorithm="cpu_direct").square().sum().backward()
+            dw.conv2d(*leaves, None, 1, 2, 1, channels,
+                      algorithm="cpu_direct").square().sum().backward()
             results.setdefault(threads, []).append([t.grad for t in leaves])
     finally:
         torch.set_num_threads(previous)

@@ -595,7 +595,8 @@ struct OutputStreaming {
     constexpr int64_t size = sizeof(scalar_t);
     if (reinterpret_cast<uintptr_t>(out) % 64 != 0 || bytes <= streaming_threshold) return;
     if constexpr (std::is_same_v<scalar_t, acc_t>)
-      direct = sizeof(vec_t<acc_t>) == 64 && column_stride * size % 64 == 0;
+      direct = sizeof(vec_t<acc_t>) == 64 && column_stride * size % 64 == 0 &&
+               channels % lanes<acc_t>() == 0;  // a channel tail's vector is off the lines
     else
       staged = column_stride == channels && row_stride * size % 64 == 0;
 #endif
@@ -732,10 +733,14 @@ inline RowBounds row_bounds(int64_t pad, int64_t width, int64_t columns, int64_t
 // row and tap, three times for a 7-column row in tiles of 4, 2 and 1; 1.2x-1.5x on 5x5 to 14x14
 // maps) and the forward on rows of up to 28 columns (1.05x-1.2x; 0.94x on 56); else 16 / NB
 // wide, then halves (16 wide: 56x56 forward 0.79x). v22 in cpu_direct_notes.md.
+// `channels` past the last whole vector (54 = 3 x 16 + 6) go through one vector more, overlapping
+// the one before (c0 = channels - lanes, not a multiple of lanes): the tiles that store their
+// sums write those channels twice with the same values, the weight gradient's takes the tail's
+// sums apart (tail_sums). One value at a time, the 6 took three times the 48's time (v32).
 template <typename Border, typename Tile>
-inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t blocks, int64_t lanes,
-                     const ColumnTaps& interior, const Border& border, const Tile& tile,
-                     const RowBounds& bounds = RowBounds{}) {
+inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t channels,
+                     int64_t lanes, const ColumnTaps& interior, const Border& border,
+                     const Tile& tile, const RowBounds& bounds = RowBounds{}) {
   auto window_tile = [&](auto nb, auto tw, int64_t& column, int64_t c0) {
     if (bounds.clamps) {
       ColumnTaps taps = interior;
@@ -779,10 +784,20 @@ inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t block
       tile_columns<NB, 1>(column, column + 1, c0, border(column), tile);
     }
   };
+  const int64_t blocks = channels / lanes;
   int64_t block = 0;
   for (; block + 4 <= blocks; block += 4) group(constant<4>{}, block * lanes);
   for (; block + 2 <= blocks; block += 2) group(constant<2>{}, block * lanes);
-  for (; block < blocks; ++block) group(constant<1>{}, block * lanes);
+  // one call site for single vectors, the tail's among them (a second cost 56x56 rows 5%)
+  const int64_t singles_end = blocks + (blocks > 0 && blocks * lanes < channels);
+  for (; block < singles_end; ++block)
+    group(constant<1>{}, std::min(block * lanes, channels - lanes));
+}
+
+// The first of `channels` that the tiles leave to scalar loops: none when there is a whole
+// vector (tile_row overlaps the tail), else all of them.
+inline int64_t scalar_channels_from(int64_t channels, int64_t lanes) {
+  return channels < lanes ? 0 : channels;
 }
 
 // Calls window_tile(KW, CLAMP) (std::integral_constant) for window taps of 3, 5 or 7 columns,
@@ -891,8 +906,8 @@ template <typename out_t, typename acc_t, int64_t TW, int64_t NB, typename in_t>
 }
 
 // Forward, channels innermost, multiplier 1: per output row, tiles of output columns x channel
-// vectors through forward_tile (see tile_row for the border columns); the channel tail past the
-// last whole vector one value at a time.
+// vectors through forward_tile (see tile_row for the border columns and the channel tail); fewer
+// channels than a vector one value at a time.
 template <typename scalar_t>
 void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t* w,
                                   const scalar_t* b, scalar_t* y, Strides ys, const Geometry& g,
@@ -906,7 +921,7 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
   for (int64_t o = 0; b && o < g.O; ++o) bias[o] = static_cast<acc_t>(b[o]);
   int64_t first, last;
   interior_columns(g, first, last);
-  const int64_t rows = g.N * g.OD * g.OH, blocks = g.O / L;
+  const int64_t rows = g.N * g.OD * g.OH, scalar_from = scalar_channels_from(g.O, L);
   const int64_t xsw = kConvertedRows<scalar_t> ? g.C : xs.w;
   const WindowTaps window(g, xsw);
   const RowBounds bounds = row_bounds(g.PW, g.W, g.OW, g.KW, g.OW <= 28);
@@ -943,11 +958,11 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
             xr + (ow * g.SW - g.PW) * xsw + c0, g.SW * xsw, wt.data() + c0, wt_step,
             bias.data() + c0, yrow + ow * ys.w + c0, ys.w, offsets.data(), nrows, taps, store);
       };
-      tile_row(g.OW, first, last, blocks, L, window.all(),
+      tile_row(g.OW, first, last, g.O, L, window.all(),
                [&](int64_t ow) { return window.of_column(ow); }, tile, bounds);
-      for (int64_t ow = 0; blocks * L < g.O && ow < g.OW; ++ow) {  // the channel tail
+      for (int64_t ow = 0; scalar_from < g.O && ow < g.OW; ++ow) {
         const ColumnTaps taps = window.of_column(ow);
-        for (int64_t o = blocks * L; o < g.O; ++o) {
+        for (int64_t o = scalar_from; o < g.O; ++o) {
           acc_t a = bias[o];
           for (int64_t k = 0; k < nrows; ++k)
             for (int64_t t = 0; t < taps.count; ++t)
@@ -1209,26 +1224,31 @@ inline void input_grad_pairs(const in_t* dy, int64_t dysw, const acc_t* wt, int6
                                                    nrows, i0, W, OW, store);
 }
 
-// input_grad_pairs over `blocks` channel vectors. Rows of 48 columns and more in groups of NB
-// vectors (4 for 3 taps, 2 for 5: the accumulators and KW x NB weights stay in registers), then
-// single vectors: one vector at a time walking the row, channels_last layers of 56-112 columns
-// took 1.24x-1.46x longer; narrower rows the other way round (1.05x-1.33x faster alone, v15).
+// input_grad_pairs over `channels` (at least one vector's worth). Rows of 48 columns and more in
+// groups of NB vectors (4 for 3 taps, 2 for 5: the accumulators and KW x NB weights stay in
+// registers), then single vectors: one vector at a time walking the row, channels_last layers of
+// 56-112 columns took 1.24x-1.46x longer; narrower rows the other way round (1.05x-1.33x faster
+// alone, v15). A tail past the last whole vector as in tile_row: one vector overlapping it.
 template <typename out_t, typename acc_t, int64_t KW, typename in_t>
 void input_grad_pairs_row(const in_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
                           out_t* dx, int64_t dxsw, const int64_t* offsets, int64_t nrows,
-                          int64_t blocks, int64_t W, int64_t OW, OutputStore store) {
+                          int64_t channels, int64_t W, int64_t OW, OutputStore store) {
   constexpr int64_t L = lanes<acc_t>(), NB = KW == 3 ? 4 : 2;
-  int64_t c0 = 0;
-  for (; W >= 48 && c0 + NB * L <= blocks * L; c0 += NB * L)
-    input_grad_pairs<out_t, acc_t, KW, NB>(dy + c0, dysw, wt + c0, wt_step, dx + c0, dxsw,
-                                           offsets, nrows, 0, W, OW, store);
-  for (; c0 < blocks * L; c0 += L)
+  const int64_t vectors_end = channels / L * L;
+  auto single = [&](int64_t c0) {
     input_grad_pairs<out_t, acc_t, KW, 1>(dy + c0, dysw, wt + c0, wt_step, dx + c0, dxsw, offsets,
                                           nrows, 0, W, OW, store);
+  };
+  int64_t c0 = 0;
+  for (; W >= 48 && c0 + NB * L <= vectors_end; c0 += NB * L)
+    input_grad_pairs<out_t, acc_t, KW, NB>(dy + c0, dysw, wt + c0, wt_step, dx + c0, dxsw,
+                                           offsets, nrows, 0, W, OW, store);
+  for (; c0 < vectors_end; c0 += L) single(c0);
+  if (vectors_end > 0 && vectors_end < channels) single(channels - L);
 }
 
-// One input row's gradient, `channels` innermost (whole vectors of L through the tiles, then the
-// tail one at a time): dy's rows at `offsets` (column stride dysw), weights [tap][wt_step],
+// One input row's gradient, `channels` innermost (vectors of L through the tiles, a tail as in
+// tile_row; fewer channels than a vector one at a time): dy's rows at `offsets` (column stride dysw), weights [tap][wt_step],
 // `zeros` at least `channels` long; dx's columns dxsw apart. `scratch` holds 2 * KW.
 template <typename out_t, typename acc_t, typename in_t>
 void input_grad_row(const in_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
@@ -1236,14 +1256,14 @@ void input_grad_row(const in_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_st
                     const std::vector<ColumnPhase>& phases, const Geometry& g, int64_t channels,
                     out_t* dx, int64_t dxsw, int64_t* scratch, OutputStore store = {}) {
   constexpr int64_t L = lanes<acc_t>();
-  const int64_t blocks = channels / L;
+  const int64_t scalar_from = scalar_channels_from(channels, L);
   const bool pairs = has_pair_tiles(g);
   if (pairs && g.KW == 3)
-    input_grad_pairs_row<out_t, acc_t, 3>(dy, dysw, wt, wt_step, dx, dxsw, offsets, nrows, blocks,
-                                          g.W, g.OW, store);
+    input_grad_pairs_row<out_t, acc_t, 3>(dy, dysw, wt, wt_step, dx, dxsw, offsets, nrows,
+                                          channels, g.W, g.OW, store);
   else if (pairs)
-    input_grad_pairs_row<out_t, acc_t, 5>(dy, dysw, wt, wt_step, dx, dxsw, offsets, nrows, blocks,
-                                          g.W, g.OW, store);
+    input_grad_pairs_row<out_t, acc_t, 5>(dy, dysw, wt, wt_step, dx, dxsw, offsets, nrows,
+                                          channels, g.W, g.OW, store);
   for (int64_t p = 0; p < g.SW; ++p) {
     const ColumnPhase& phase = phases[p];
     // at stride 1 without dilation every tap reads consecutive dy columns: a flipped window
@@ -1265,10 +1285,11 @@ void input_grad_row(const in_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_st
           dy + j * dysw + c0, dysw, wt + c0, wt_step, zeros + c0, dx + (p + g.SW * j) * dxsw + c0,
           g.SW * dxsw, offsets, nrows, taps, store);
     };
-    if (!pairs) tile_row(phase.columns, phase.first, phase.last, blocks, L, interior, border, tile);
-    for (int64_t j = 0; blocks * L < channels && j < phase.columns; ++j) {  // the channel tail
+    if (!pairs)
+      tile_row(phase.columns, phase.first, phase.last, channels, L, interior, border, tile);
+    for (int64_t j = 0; scalar_from < channels && j < phase.columns; ++j) {
       const ColumnTaps taps = border(j);
-      for (int64_t c = blocks * L; c < channels; ++c) {
+      for (int64_t c = scalar_from; c < channels; ++c) {
         acc_t a = 0;
         for (int64_t k = 0; k < nrows; ++k)
           for (int64_t t = 0; t < taps.count; ++t)
@@ -1435,15 +1456,18 @@ void sum_chunks(const acc_t* partial, int64_t chunks, int64_t stride, int64_t st
 
 // Weight and bias gradients, channels innermost, multiplier 1: one task per fixed chunk of output
 // rows; per row, tiles of output columns x channel vectors through weight_grad_tile (border
-// columns one at a time, with their valid taps only), the channel tail one value at a time, into
-// the chunk's [tap][channel] sums. Chunks are a fixed partition, summed in chunk order: the same
+// columns one at a time, with their valid taps only) into the chunk's [tap][channel] sums; the
+// vector overlapping the channel tail (tile_row) into sums of its own, whose tail lanes join the
+// chunk's at its end; fewer channels than a vector one value at a time. Chunks are a fixed partition, summed in chunk order: the same
 // bits run to run at a given thread count.
 template <typename scalar_t>
 void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const scalar_t* x,
                                       Strides xs, scalar_t* dw, scalar_t* db, const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t L = lanes<acc_t>();
-  const int64_t rows = g.N * g.OD * g.OH, blocks = g.O / L, taps = g.taps();
+  const int64_t rows = g.N * g.OD * g.OH, taps = g.taps();
+  const int64_t scalar_from = scalar_channels_from(g.O, L);
+  const int64_t tail_c0 = g.O % L && scalar_from == g.O ? g.O - L : -1;
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows, at::get_num_threads()));
   int64_t first, last;
   interior_columns(g, first, last);
@@ -1460,9 +1484,12 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
     Buffer<acc_t> dy_converted(kConvertedRows<scalar_t> ? g.OW * g.O : 0);
     PrefetchRows<scalar_t> x_ahead(x, xs.w, g.W, kConvertedRows<scalar_t>);
     PrefetchRows<scalar_t> dy_ahead(dy, dys.w, g.OW, kConvertedRows<scalar_t>);
+    // the tail vector's [tap][lane] sums, then its bias's
+    Buffer<acc_t> tail_sums(tail_c0 >= 0 ? (taps + 1) * L : 0);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       acc_t* acc = partial.data() + chunk * stride;
       acc_t* bias_acc = acc + taps * tap_step;
+      std::fill(tail_sums.data(), tail_sums.data() + tail_sums.size(), acc_t(0));
       for (int64_t r = chunk * rows / chunks; r < (chunk + 1) * rows / chunks; ++r) {
         const int64_t n = r / (g.OD * g.OH), od = (r / g.OH) % g.OD, oh = r % g.OH;
         const int64_t nrows = input_rows(g, xs, n, od, oh, offsets.data());
@@ -1494,26 +1521,32 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
           x_ahead.prefetch_columns(ow * g.SW - g.PW, row_end ? g.W : (ow + TW) * g.SW - g.PW, c0,
                                    NB * L);
           dy_ahead.prefetch_columns(ow, row_end ? g.OW : ow + TW, c0, NB * L);
+          const bool tail = c0 == tail_c0;
           weight_grad_tile<acc_t, TW, NB>(
               dyr + ow * dysw + c0, dysw, xr + (ow * g.SW - g.PW) * xsw + c0, g.SW * xsw,
-              acc + c0, tap_step, bias_acc + c0, offsets.data(), nrows, column_taps);
+              tail ? tail_sums.data() : acc + c0, tail ? L : tap_step,
+              tail ? tail_sums.data() + taps * L : bias_acc + c0, offsets.data(), nrows,
+              column_taps);
         };
-        tile_row(g.OW, first, last, blocks, L, window.all(),
+        tile_row(g.OW, first, last, g.O, L, window.all(),
                  [&](int64_t ow) { return window.of_column(ow); }, tile, bounds);
-        for (int64_t ow = 0; blocks * L < g.O && ow < g.OW; ++ow) {  // the channel tail
+        for (int64_t ow = 0; scalar_from < g.O && ow < g.OW; ++ow) {
           const ColumnTaps column_taps = window.of_column(ow);
           const in_t* dyp = dyr + ow * dysw;
-          for (int64_t o = blocks * L; o < g.O; ++o) bias_acc[o] += static_cast<acc_t>(dyp[o]);
+          for (int64_t o = scalar_from; o < g.O; ++o) bias_acc[o] += static_cast<acc_t>(dyp[o]);
           for (int64_t k = 0; k < nrows; ++k)
             for (int64_t t = 0; t < column_taps.count; ++t) {
               const in_t* xp =
                   xr + offsets[2 * k] + (ow * g.SW - g.PW) * xsw + column_taps.offset[t];
               acc_t* ap = acc + (offsets[2 * k + 1] + column_taps.tap[t]) * tap_step;
-              for (int64_t o = blocks * L; o < g.O; ++o)
+              for (int64_t o = scalar_from; o < g.O; ++o)
                 ap[o] += static_cast<acc_t>(dyp[o]) * static_cast<acc_t>(xp[o]);
             }
         }
       }
+      for (int64_t t = 0; tail_c0 >= 0 && t <= taps; ++t)  // the bias's sums follow the taps'
+        for (int64_t o = g.O / L * L; o < g.O; ++o)
+          acc[t * tap_step + o] += tail_sums[t * L + o - tail_c0];
     }
   });
   sum_chunks(partial.data(), chunks, stride, tap_step, taps, g.O, dw, db);
@@ -2330,7 +2363,7 @@ void block_window_sums(const acc_t* buf, const Padded& p, const Geometry& g,
         forward_tile<acc_t, acc_t, decltype(tw)::value, decltype(nb)::value>(
             buf + ow * g.SW * L, g.SW * L, wt, L, bias, orow + ow * L, L, offsets, nrows, taps);
       };
-      tile_row(g.OW, 0, g.OW, 1, L, window.all(), [&](int64_t) { return window.all(); }, tile,
+      tile_row(g.OW, 0, g.OW, L, L, window.all(), [&](int64_t) { return window.all(); }, tile,
                bounds);
     }
 }
@@ -2451,7 +2484,7 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
             };
             // every column with the whole window, as in block_window_sums (an inf in dy meets
             // the padding's zeros in a NaN, as in native's NCHW weight gradient)
-            tile_row(g.OW, 0, g.OW, 1, L, window.all(), [&](int64_t) { return window.all(); },
+            tile_row(g.OW, 0, g.OW, L, L, window.all(), [&](int64_t) { return window.all(); },
                      tile, bounds);
           }
       }
