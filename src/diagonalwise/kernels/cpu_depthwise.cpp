@@ -3,10 +3,12 @@
 // Every call is 3D (N, C, D, H, W); 2D and 1D arrive with leading spatial sizes of 1. Weight
 // (C * M, 1, KD, KH, KW) for a channel multiplier M: output channel o reads input channel o / M.
 // The input is never copied as a whole; the loop order follows its layout:
-// - channels innermost (channels_last: x.stride(1) == 1): register tiles of output columns x
-//   channel vectors take every tap; parallel over output rows (input gradient: over input rows,
-//   by column phase when strided; weight gradient: over fixed chunks of rows).
-// - otherwise (NCDHW or any strided view), multiplier 1: channel blocks (a sample's volumes of
+// - channels innermost (channels_last: x.stride(1) == 1), multiplier 1 and at least one vector of
+//   channels: register tiles of output columns x channel vectors take every tap; parallel over
+//   output rows (input gradient: over input rows, by column phase when strided; weight gradient:
+//   over fixed chunks of rows).
+// - otherwise (NCDHW, any strided view, channels_last with a multiplier or fewer channels than
+//   a vector), multiplier 1: channel blocks (a sample's volumes of
 //   one vector's worth of channels turned channels-innermost in cache, then the tiles above).
 //   Multiplier > 1: stride 1 as whole planes (each (sample, channel) volume copied once into a
 //   padded buffer, one long loop per tap); strided, per (sample, channel) row, a vector over the
@@ -789,15 +791,9 @@ inline void tile_row(int64_t columns, int64_t first, int64_t last, int64_t chann
   for (; block + 4 <= blocks; block += 4) group(constant<4>{}, block * lanes);
   for (; block + 2 <= blocks; block += 2) group(constant<2>{}, block * lanes);
   // one call site for single vectors, the tail's among them (a second cost 56x56 rows 5%)
-  const int64_t singles_end = blocks + (blocks > 0 && blocks * lanes < channels);
+  const int64_t singles_end = blocks + (blocks * lanes < channels);
   for (; block < singles_end; ++block)
     group(constant<1>{}, std::min(block * lanes, channels - lanes));
-}
-
-// The first of `channels` that the tiles leave to scalar loops: none when there is a whole
-// vector (tile_row overlaps the tail), else all of them.
-inline int64_t scalar_channels_from(int64_t channels, int64_t lanes) {
-  return channels < lanes ? 0 : channels;
 }
 
 // Calls window_tile(KW, CLAMP) (std::integral_constant) for window taps of 3, 5 or 7 columns,
@@ -905,9 +901,9 @@ template <typename out_t, typename acc_t, int64_t TW, int64_t NB, typename in_t>
       store_vector<out_t, acc_t>(y + i * ysw + j * L, acc[i][j], store);
 }
 
-// Forward, channels innermost, multiplier 1: per output row, tiles of output columns x channel
-// vectors through forward_tile (see tile_row for the border columns and the channel tail); fewer
-// channels than a vector one value at a time.
+// Forward, channels innermost, multiplier 1, at least one vector of channels: per output row,
+// tiles of output columns x channel vectors through forward_tile (see tile_row for the border
+// columns and the channel tail).
 template <typename scalar_t>
 void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t* w,
                                   const scalar_t* b, scalar_t* y, Strides ys, const Geometry& g,
@@ -921,7 +917,7 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
   for (int64_t o = 0; b && o < g.O; ++o) bias[o] = static_cast<acc_t>(b[o]);
   int64_t first, last;
   interior_columns(g, first, last);
-  const int64_t rows = g.N * g.OD * g.OH, scalar_from = scalar_channels_from(g.O, L);
+  const int64_t rows = g.N * g.OD * g.OH;
   const int64_t xsw = kConvertedRows<scalar_t> ? g.C : xs.w;
   const WindowTaps window(g, xsw);
   const RowBounds bounds = row_bounds(g.PW, g.W, g.OW, g.KW, g.OW <= 28);
@@ -960,62 +956,9 @@ void forward_channels_inner_tiled(const scalar_t* x, Strides xs, const scalar_t*
       };
       tile_row(g.OW, first, last, g.O, L, window.all(),
                [&](int64_t ow) { return window.of_column(ow); }, tile, bounds);
-      for (int64_t ow = 0; scalar_from < g.O && ow < g.OW; ++ow) {
-        const ColumnTaps taps = window.of_column(ow);
-        for (int64_t o = scalar_from; o < g.O; ++o) {
-          acc_t a = bias[o];
-          for (int64_t k = 0; k < nrows; ++k)
-            for (int64_t t = 0; t < taps.count; ++t)
-              a += static_cast<acc_t>(
-                       xr[offsets[2 * k] + (ow * g.SW - g.PW) * xsw + taps.offset[t] + o]) *
-                   wt[(offsets[2 * k + 1] + taps.tap[t]) * wt_step + o];
-          yrow[ow * ys.w + o] = from_acc<scalar_t>(a);
-        }
-      }
       if (streaming.staged) stream_row(yrow, target, g.OW * g.O);
     }
     if (streaming.any()) stream_fence();
-  });
-}
-
-template <typename scalar_t>
-void forward_channels_inner(const scalar_t* x, Strides xs, const scalar_t* w, const scalar_t* b,
-                            scalar_t* y, Strides ys, const Geometry& g) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const Buffer<acc_t> wt = taps_outer(w, g.O, g.taps(), g.O);
-  const int64_t rows = g.N * g.OD * g.OH;
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(g.O);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / (g.OD * g.OH), od = (r / g.OH) % g.OD, oh = r % g.OH;
-      for (int64_t ow = 0; ow < g.OW; ++ow) {
-        for (int64_t o = 0; o < g.O; ++o) acc[o] = b ? static_cast<acc_t>(b[o]) : acc_t(0);
-        for (int64_t kd = 0; kd < g.KD; ++kd) {
-          const int64_t id = od * g.SD - g.PD + kd * g.DD;
-          if (id < 0 || id >= g.D) continue;
-          for (int64_t kh = 0; kh < g.KH; ++kh) {
-            const int64_t ih = oh * g.SH - g.PH + kh * g.DH;
-            if (ih < 0 || ih >= g.H) continue;
-            for (int64_t kw = 0; kw < g.KW; ++kw) {
-              const int64_t iw = ow * g.SW - g.PW + kw * g.DW;
-              if (iw < 0 || iw >= g.W) continue;
-              const scalar_t* xp = x + n * xs.n + id * xs.d + ih * xs.h + iw * xs.w;
-              const acc_t* wp = wt.data() + ((kd * g.KH + kh) * g.KW + kw) * g.O;
-              if (g.M == 1) {
-#pragma omp simd
-                for (int64_t o = 0; o < g.O; ++o) acc[o] += static_cast<acc_t>(xp[o]) * wp[o];
-              } else {
-                for (int64_t o = 0; o < g.O; ++o)
-                  acc[o] += static_cast<acc_t>(xp[o / g.M]) * wp[o];
-              }
-            }
-          }
-        }
-        scalar_t* yp = y + n * ys.n + od * ys.d + oh * ys.h + ow * ys.w;
-#pragma omp simd
-        for (int64_t o = 0; o < g.O; ++o) yp[o] = from_acc<scalar_t>(acc[o]);
-      }
-    }
   });
 }
 
@@ -1061,48 +1004,7 @@ void forward_width_inner(const scalar_t* x, Strides xs, const scalar_t* w, const
 }
 
 // ---------------------------------------------------------------------------------------------
-// backward, channels innermost: input gradient by gathering, weight gradient in fixed chunks
-
-template <typename scalar_t>
-void input_grad_channels_inner(const scalar_t* dy, Strides dys, const scalar_t* w, scalar_t* dx,
-                               Strides dxs, const Geometry& g) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const Buffer<acc_t> wt = taps_outer(w, g.O, g.taps(), g.O);
-  const int64_t rows = g.N * g.D * g.H;
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(g.C);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / (g.D * g.H), id = (r / g.H) % g.D, ih = r % g.H;
-      for (int64_t iw = 0; iw < g.W; ++iw) {
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        for (int64_t kd = 0; kd < g.KD; ++kd) {
-          const int64_t od = source(id, g.SD, g.PD, kd * g.DD, g.OD);
-          if (od < 0) continue;
-          for (int64_t kh = 0; kh < g.KH; ++kh) {
-            const int64_t oh = source(ih, g.SH, g.PH, kh * g.DH, g.OH);
-            if (oh < 0) continue;
-            for (int64_t kw = 0; kw < g.KW; ++kw) {
-              const int64_t ow = source(iw, g.SW, g.PW, kw * g.DW, g.OW);
-              if (ow < 0) continue;
-              const scalar_t* dyp = dy + n * dys.n + od * dys.d + oh * dys.h + ow * dys.w;
-              const acc_t* wp = wt.data() + ((kd * g.KH + kh) * g.KW + kw) * g.O;
-              if (g.M == 1) {
-#pragma omp simd
-                for (int64_t c = 0; c < g.C; ++c) acc[c] += static_cast<acc_t>(dyp[c]) * wp[c];
-              } else {
-                for (int64_t o = 0; o < g.O; ++o)
-                  acc[o / g.M] += static_cast<acc_t>(dyp[o]) * wp[o];
-              }
-            }
-          }
-        }
-        scalar_t* dxp = dx + n * dxs.n + id * dxs.d + ih * dxs.h + iw * dxs.w;
-#pragma omp simd
-        for (int64_t c = 0; c < g.C; ++c) dxp[c] = from_acc<scalar_t>(acc[c]);
-      }
-    }
-  });
-}
+// backward, channels innermost: input gradient by column phases, weight gradient in fixed chunks
 
 // The strided input gradient by column phases: input columns p + SW * j (phase p) receive from
 // the taps kw with (p + PW - kw * DW) divisible by SW, which read dy column j + base, base =
@@ -1244,11 +1146,11 @@ void input_grad_pairs_row(const in_t* dy, int64_t dysw, const acc_t* wt, int64_t
     input_grad_pairs<out_t, acc_t, KW, NB>(dy + c0, dysw, wt + c0, wt_step, dx + c0, dxsw,
                                            offsets, nrows, 0, W, OW, store);
   for (; c0 < vectors_end; c0 += L) single(c0);
-  if (vectors_end > 0 && vectors_end < channels) single(channels - L);
+  if (vectors_end < channels) single(channels - L);
 }
 
-// One input row's gradient, `channels` innermost (vectors of L through the tiles, a tail as in
-// tile_row; fewer channels than a vector one at a time): dy's rows at `offsets` (column stride dysw), weights [tap][wt_step],
+// One input row's gradient, `channels` (at least L) innermost (vectors of L through the tiles, a
+// tail as in tile_row): dy's rows at `offsets` (column stride dysw), weights [tap][wt_step],
 // `zeros` at least `channels` long; dx's columns dxsw apart. `scratch` holds 2 * KW.
 template <typename out_t, typename acc_t, typename in_t>
 void input_grad_row(const in_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_step,
@@ -1256,7 +1158,6 @@ void input_grad_row(const in_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_st
                     const std::vector<ColumnPhase>& phases, const Geometry& g, int64_t channels,
                     out_t* dx, int64_t dxsw, int64_t* scratch, OutputStore store = {}) {
   constexpr int64_t L = lanes<acc_t>();
-  const int64_t scalar_from = scalar_channels_from(channels, L);
   const bool pairs = has_pair_tiles(g);
   if (pairs && g.KW == 3)
     input_grad_pairs_row<out_t, acc_t, 3>(dy, dysw, wt, wt_step, dx, dxsw, offsets, nrows,
@@ -1287,17 +1188,6 @@ void input_grad_row(const in_t* dy, int64_t dysw, const acc_t* wt, int64_t wt_st
     };
     if (!pairs)
       tile_row(phase.columns, phase.first, phase.last, channels, L, interior, border, tile);
-    for (int64_t j = 0; scalar_from < channels && j < phase.columns; ++j) {
-      const ColumnTaps taps = border(j);
-      for (int64_t c = scalar_from; c < channels; ++c) {
-        acc_t a = 0;
-        for (int64_t k = 0; k < nrows; ++k)
-          for (int64_t t = 0; t < taps.count; ++t)
-            a += static_cast<acc_t>(dy[offsets[2 * k] + j * dysw + taps.offset[t] + c]) *
-                 wt[(offsets[2 * k + 1] + taps.tap[t]) * wt_step + c];
-        dx[(p + g.SW * j) * dxsw + c] = from_acc<out_t>(a);
-      }
-    }
   }
 }
 
@@ -1458,16 +1348,15 @@ void sum_chunks(const acc_t* partial, int64_t chunks, int64_t stride, int64_t st
 // rows; per row, tiles of output columns x channel vectors through weight_grad_tile (border
 // columns one at a time, with their valid taps only) into the chunk's [tap][channel] sums; the
 // vector overlapping the channel tail (tile_row) into sums of its own, whose tail lanes join the
-// chunk's at its end; fewer channels than a vector one value at a time. Chunks are a fixed partition, summed in chunk order: the same
-// bits run to run at a given thread count.
+// chunk's at its end. Chunks are a fixed partition, summed in chunk order: the same bits run to
+// run at a given thread count.
 template <typename scalar_t>
 void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const scalar_t* x,
                                       Strides xs, scalar_t* dw, scalar_t* db, const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t L = lanes<acc_t>();
   const int64_t rows = g.N * g.OD * g.OH, taps = g.taps();
-  const int64_t scalar_from = scalar_channels_from(g.O, L);
-  const int64_t tail_c0 = g.O % L && scalar_from == g.O ? g.O - L : -1;
+  const int64_t tail_c0 = g.O % L ? g.O - L : -1;
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows, at::get_num_threads()));
   int64_t first, last;
   interior_columns(g, first, last);
@@ -1530,19 +1419,6 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
         };
         tile_row(g.OW, first, last, g.O, L, window.all(),
                  [&](int64_t ow) { return window.of_column(ow); }, tile, bounds);
-        for (int64_t ow = 0; scalar_from < g.O && ow < g.OW; ++ow) {
-          const ColumnTaps column_taps = window.of_column(ow);
-          const in_t* dyp = dyr + ow * dysw;
-          for (int64_t o = scalar_from; o < g.O; ++o) bias_acc[o] += static_cast<acc_t>(dyp[o]);
-          for (int64_t k = 0; k < nrows; ++k)
-            for (int64_t t = 0; t < column_taps.count; ++t) {
-              const in_t* xp =
-                  xr + offsets[2 * k] + (ow * g.SW - g.PW) * xsw + column_taps.offset[t];
-              acc_t* ap = acc + (offsets[2 * k + 1] + column_taps.tap[t]) * tap_step;
-              for (int64_t o = scalar_from; o < g.O; ++o)
-                ap[o] += static_cast<acc_t>(dyp[o]) * static_cast<acc_t>(xp[o]);
-            }
-        }
       }
       for (int64_t t = 0; tail_c0 >= 0 && t <= taps; ++t)  // the bias's sums follow the taps'
         for (int64_t o = g.O / L * L; o < g.O; ++o)
@@ -1550,54 +1426,6 @@ void weight_grad_channels_inner_tiled(const scalar_t* dy, Strides dys, const sca
     }
   });
   sum_chunks(partial.data(), chunks, stride, tap_step, taps, g.O, dw, db);
-}
-
-template <typename scalar_t>
-void weight_grad_channels_inner(const scalar_t* dy, Strides dys, const scalar_t* x, Strides xs,
-                                scalar_t* dw, scalar_t* db, const Geometry& g) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t rows = g.N * g.OD * g.OH;
-  // a fixed partition of the rows: the sums do not depend on which thread ran which chunk
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows, at::get_num_threads()));
-  const int64_t width = g.taps() * g.O;
-  Buffer<acc_t> partial(chunks * (width + g.O), acc_t(0));
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      acc_t* pw = partial.data() + chunk * (width + g.O);
-      acc_t* pb = pw + width;
-      for (int64_t r = chunk * rows / chunks; r < (chunk + 1) * rows / chunks; ++r) {
-        const int64_t n = r / (g.OD * g.OH), od = (r / g.OH) % g.OD, oh = r % g.OH;
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const scalar_t* dyp = dy + n * dys.n + od * dys.d + oh * dys.h + ow * dys.w;
-#pragma omp simd
-          for (int64_t o = 0; o < g.O; ++o) pb[o] += static_cast<acc_t>(dyp[o]);
-          for (int64_t kd = 0; kd < g.KD; ++kd) {
-            const int64_t id = od * g.SD - g.PD + kd * g.DD;
-            if (id < 0 || id >= g.D) continue;
-            for (int64_t kh = 0; kh < g.KH; ++kh) {
-              const int64_t ih = oh * g.SH - g.PH + kh * g.DH;
-              if (ih < 0 || ih >= g.H) continue;
-              for (int64_t kw = 0; kw < g.KW; ++kw) {
-                const int64_t iw = ow * g.SW - g.PW + kw * g.DW;
-                if (iw < 0 || iw >= g.W) continue;
-                const scalar_t* xp = x + n * xs.n + id * xs.d + ih * xs.h + iw * xs.w;
-                acc_t* tp = pw + ((kd * g.KH + kh) * g.KW + kw) * g.O;
-                if (g.M == 1) {
-#pragma omp simd
-                  for (int64_t o = 0; o < g.O; ++o)
-                    tp[o] += static_cast<acc_t>(dyp[o]) * static_cast<acc_t>(xp[o]);
-                } else {
-                  for (int64_t o = 0; o < g.O; ++o)
-                    tp[o] += static_cast<acc_t>(dyp[o]) * static_cast<acc_t>(xp[o / g.M]);
-                }
-              }
-            }
-          }
-        }
-      }
-    }
-  });
-  sum_chunks(partial.data(), chunks, width + g.O, g.O, g.taps(), g.O, dw, db);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2536,6 +2364,16 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
 // benchmarks/cpu_direct_notes.md).
 bool use_blocked(const Geometry& g) { return g.M == 1; }
 
+// Channels-innermost layers through the channels-inner tiles: multiplier 1 and at least one
+// vector of channels. Else (a channel multiplier, fewer channels than a vector) the channel
+// blocks and width-inner orders read them as any strided view: per pixel with the channels in a
+// vector, 8 float32 channels_last channels ran 0.06x native and multiplier 2 0.12x-0.18x; this
+// way 0.49x and 0.44x-1.24x (v33 in cpu_direct_notes.md).
+template <typename scalar_t>
+bool channels_inner_tiles_apply(const at::Tensor& x, const Geometry& g) {
+  return channels_inner(x) && g.M == 1 && g.C >= lanes<at::opmath_type<scalar_t>>();
+}
+
 }  // namespace
 
 namespace diagonalwise {
@@ -2556,13 +2394,10 @@ at::Tensor depthwise_forward(const at::Tensor& x, const at::Tensor& weight,
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "cpu_depthwise_forward", [&] {
     const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
-    if (channels_inner(x) && g.M == 1) {
+    if (channels_inner_tiles_apply<scalar_t>(x, g)) {
       forward_channels_inner_tiled<scalar_t>(x.const_data_ptr<scalar_t>(), Strides(x),
                                              w.const_data_ptr<scalar_t>(), bp,
                                              y.mutable_data_ptr<scalar_t>(), Strides(y), g);
-    } else if (channels_inner(x)) {
-      forward_channels_inner<scalar_t>(x.const_data_ptr<scalar_t>(), Strides(x), w.const_data_ptr<scalar_t>(),
-                                       bp, y.mutable_data_ptr<scalar_t>(), Strides(y), g);
     } else if (use_blocked(g)) {
       forward_blocked<scalar_t>(x.const_data_ptr<scalar_t>(), Strides(x), w.const_data_ptr<scalar_t>(),
                                 bp, y.mutable_data_ptr<scalar_t>(), Strides(y), g);
@@ -2601,25 +2436,20 @@ std::vector<at::Tensor> depthwise_backward(const at::Tensor& grad_output, const 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "cpu_depthwise_backward", [&] {
     scalar_t* dwp = dw.defined() ? dw.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* dbp = db.defined() ? db.mutable_data_ptr<scalar_t>() : nullptr;
-    if (channels_inner(x)) {
-      if (dx.defined() && g.M == 1 && g.SD == 1 && g.SH == 1 && g.SW == 1) {
+    if (channels_inner_tiles_apply<scalar_t>(x, g)) {
+      if (dx.defined() && g.SD == 1 && g.SH == 1 && g.SW == 1) {
         forward_channels_inner_tiled<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy),
                                                w.const_data_ptr<scalar_t>(), nullptr,
                                                dx.mutable_data_ptr<scalar_t>(), Strides(dx),
                                                input_grad_as_forward(g), /*flipped=*/true);
-      } else if (dx.defined() && g.M == 1) {
+      } else if (dx.defined()) {
         input_grad_channels_inner_phases<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy),
                                                    w.const_data_ptr<scalar_t>(),
                                                    dx.mutable_data_ptr<scalar_t>(), Strides(dx), g);
-      } else if (dx.defined())
-        input_grad_channels_inner<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy), w.const_data_ptr<scalar_t>(),
-                                            dx.mutable_data_ptr<scalar_t>(), Strides(dx), g);
-      if ((dwp || dbp) && g.M == 1)
+      }
+      if (dwp || dbp)
         weight_grad_channels_inner_tiled<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy),
                                                    x.const_data_ptr<scalar_t>(), Strides(x), dwp, dbp, g);
-      else if (dwp || dbp)
-        weight_grad_channels_inner<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy), x.const_data_ptr<scalar_t>(),
-                                             Strides(x), dwp, dbp, g);
     } else {
       scalar_t* dxp = dx.defined() ? dx.mutable_data_ptr<scalar_t>() : nullptr;
       const Strides dxs = dx.defined() ? Strides(dx) : Strides(x);
