@@ -131,6 +131,16 @@ def test_channel_tail_vector_matches_native_float64(stride, poisoned_outputs):
     assert_matches_native(3, *operands, stride, 1, 1, 54, algorithm="cpu_direct")
 
 
+@pytest.mark.parametrize("padding, dilation, kernel", [(3, 1, 4), (2, 2, 3), (0, 1, 5), ("same", 3, 3)],
+                         ids=["causal", "dilated", "valid", "same"])
+def test_long_rows_match_native_float64(padding, dilation, kernel, poisoned_outputs):
+    """1D rows of 64 columns and more, unit stride (Mamba's causal conv1d): each row through a
+    zero-padded buffer, 70 columns a partial last vector; the backward's sums per channel in
+    sample order, 5 channels in tasks of 2 and 3."""
+    operands = make_operands(1, 3, 5, 1, 1, (kernel,), (70,), True)
+    assert_matches_native(1, *operands, 1, padding, dilation, 5, algorithm="cpu_direct")
+
+
 @pytest.fixture
 def streamed_outputs():
     """Every output that can be written with streaming stores is (not only those of calls moving

@@ -2356,6 +2356,145 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
 }
 
 // ---------------------------------------------------------------------------------------------
+// 1D rows (N, C, W) with unit width stride, stride 1, multiplier 1: Mamba-style causal conv1d
+
+// Whether the layer is such rows: one input and one output row per (sample, channel), padding
+// within the kernel's reach (causal, 'same', 'valid'), rows of 64 columns and more.
+bool rows_apply(const at::Tensor& x, const Geometry& g) {
+  return !channels_inner(x) && x.stride(4) == 1 && g.M == 1 && g.D == 1 && g.H == 1 &&
+         g.KD == 1 && g.KH == 1 && g.OD == 1 && g.OH == 1 && g.SW == 1 &&
+         g.PW <= (g.KW - 1) * g.DW && g.W >= 64;
+}
+
+// The first `count` (all when count >= lanes) values of v as out_t at out.
+template <typename out_t, typename acc_t>
+inline void store_row_vector(out_t* out, vec_t<acc_t> v, int64_t count) {
+  constexpr int64_t L = lanes<acc_t>();
+  if (count >= L) return store_vector<out_t, acc_t>(out, v);
+  acc_t values[L];
+  std::memcpy(values, &v, sizeof v);
+  for (int64_t j = 0; j < count; ++j) out[j] = from_acc<out_t>(values[j]);
+}
+
+// out[i] = sum_k w[k] * in[i + k * step] for i in [0, count): `in` (acc_t) padded with zeros up
+// to count + (taps - 1) * step + lanes; the taps' weights in registers while the row streams.
+template <typename out_t, typename acc_t>
+inline void row_taps(const acc_t* in, const acc_t* w, int64_t taps, int64_t step, acc_t bias,
+                     out_t* out, int64_t count) {
+  constexpr int64_t L = lanes<acc_t>();
+  for (int64_t i = 0; i < count; i += L) {
+    vec_t<acc_t> acc = vec_t<acc_t>{} + bias;
+    for (int64_t k = 0; k < taps; ++k) acc += vload(in + i + k * step) * w[k];
+    store_row_vector<out_t, acc_t>(out + i, acc, count - i);
+  }
+}
+
+// `count` values of `in` into `out` (acc_t) from `out[first]` on, zeros around them up to `size`.
+template <typename scalar_t, typename acc_t>
+inline void padded_row(const scalar_t* in, int64_t count, int64_t first, acc_t* out,
+                       int64_t size) {
+  const int64_t lo = std::clamp<int64_t>(first, 0, size);
+  const int64_t hi = std::clamp<int64_t>(first + count, lo, size);
+  std::fill(out, out + lo, acc_t(0));
+  convert_span(in + (lo - first), out + lo, hi - lo);
+  std::fill(out + hi, out + size, acc_t(0));
+}
+
+// Forward of rows (rows_apply): per (sample, channel) row, the input row converted into a
+// zero-padded buffer in the L1, then each output vector from the taps' shifted loads. The
+// channel blocks took a causal 8x512x512 conv1d (4 taps) at 1.2 ms, through transposes the rows
+// do not need (v34 in cpu_direct_notes.md).
+template <typename scalar_t>
+void forward_rows(const scalar_t* x, Strides xs, const scalar_t* w, const scalar_t* b,
+                  scalar_t* y, Strides ys, const Geometry& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t L = lanes<acc_t>();
+  const int64_t size = g.OW + (g.KW - 1) * g.DW + L;
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    Buffer<acc_t> row(size), weights(g.KW);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / g.C, c = r % g.C;
+      for (int64_t k = 0; k < g.KW; ++k) weights[k] = static_cast<acc_t>(w[c * g.KW + k]);
+      padded_row(x + n * xs.n + c * xs.c, g.W, g.PW, row.data(), size);
+      row_taps(row.data(), weights.data(), g.KW, g.DW, b ? static_cast<acc_t>(b[c]) : acc_t(0),
+               y + n * ys.n + c * ys.c, g.OW);
+    }
+  });
+}
+
+// Backward of rows: each task takes a range of channels and reads, sample by sample, their x and
+// dy rows once (consecutive rows, one stream; channel by channel the rows lay 1 MB apart on a
+// 8x512x512 layer and the backward took 2.0 ms, v34) for the input gradient (a forward over dy
+// with the taps reversed), the weight gradient (per channel and tap a vector of sums, over the
+// samples in order, then the columns) and the bias gradient.
+template <typename scalar_t>
+void backward_rows(const scalar_t* dy, Strides dys, const scalar_t* x, Strides xs,
+                   const scalar_t* w, scalar_t* dx, Strides dxs, scalar_t* dw, scalar_t* db,
+                   const Geometry& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t L = lanes<acc_t>();
+  const int64_t reach = (g.KW - 1) * g.DW, sums_per_channel = g.KW + 1;  // the taps', the bias's
+  const int64_t dy_size = g.W + reach + L, x_size = g.OW + reach + L;
+  const int64_t columns = (g.OW + L - 1) / L * L;  // dy's vectors, zeros past OW
+  at::parallel_for(0, g.C, 1, [&](int64_t begin, int64_t end) {
+    Buffer<acc_t> dy_row(dy_size), x_row(x_size), reversed(g.KW);
+    std::vector<vec_t<acc_t>> sums((end - begin) * sums_per_channel, vec_t<acc_t>{});
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t c = begin; c < end; ++c) {
+        // dy column j at reach - PW + j: dx[i] = sum_k w[k] dy[i + PW - k DW] reads it at
+        // i + (KW - 1 - k) DW
+        padded_row(dy + n * dys.n + c * dys.c, g.OW, reach - g.PW, dy_row.data(), dy_size);
+        if (dx) {
+          for (int64_t k = 0; k < g.KW; ++k)
+            reversed[k] = static_cast<acc_t>(w[c * g.KW + g.KW - 1 - k]);
+          row_taps(dy_row.data(), reversed.data(), g.KW, g.DW, acc_t(0),
+                   dx + n * dxs.n + c * dxs.c, g.W);
+        }
+        if (!dw && !db) continue;
+        padded_row(x + n * xs.n + c * xs.c, g.W, g.PW, x_row.data(), x_size);
+        const acc_t* dyp = dy_row.data() + reach - g.PW;  // dy column 0, zeros past OW
+        vec_t<acc_t>* channel_sums = sums.data() + (c - begin) * sums_per_channel;
+        // the sums in registers for up to 7 taps: through memory, each added to its previous
+        // value waited for it to be stored and loaded again
+        auto sum_taps = [&](auto taps) {
+          constexpr int64_t K = decltype(taps)::value;
+          const int64_t count = K ? K : g.KW;
+          vec_t<acc_t> in_registers[K ? K : 1];
+          vec_t<acc_t>* tap_sums = K ? in_registers : channel_sums;
+          vec_t<acc_t> bias_sum = channel_sums[g.KW];
+          if constexpr (K > 0)
+            for (int64_t k = 0; k < K; ++k) in_registers[k] = channel_sums[k];
+          for (int64_t j = 0; j < columns; j += L) {
+            const vec_t<acc_t> d = vload(dyp + j);
+            bias_sum += d;
+            for (int64_t k = 0; k < count; ++k)
+              tap_sums[k] += d * vload(x_row.data() + j + k * g.DW);
+          }
+          if constexpr (K > 0)
+            for (int64_t k = 0; k < K; ++k) channel_sums[k] = in_registers[k];
+          channel_sums[g.KW] = bias_sum;
+        };
+        switch (g.KW) {
+          case 2: sum_taps(constant<2>{}); break;
+          case 3: sum_taps(constant<3>{}); break;
+          case 4: sum_taps(constant<4>{}); break;
+          case 5: sum_taps(constant<5>{}); break;
+          case 7: sum_taps(constant<7>{}); break;
+          default: sum_taps(constant<0>{});
+        }
+      }
+    for (int64_t c = begin; c < end; ++c)
+      for (int64_t k = 0; k < sums_per_channel; ++k) {
+        acc_t total = 0;
+        const vec_t<acc_t> v = sums[(c - begin) * sums_per_channel + k];
+        for (int64_t l = 0; l < L; ++l) total += v[l];
+        if (k < g.KW && dw) dw[c * g.KW + k] = static_cast<scalar_t>(total);
+        if (k == g.KW && db) db[c] = static_cast<scalar_t>(total);
+      }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
 // entry points
 
 // Width-innermost layers with multiplier 1 go through channel blocks (MobileNet V1, float32:
@@ -2398,6 +2537,9 @@ at::Tensor depthwise_forward(const at::Tensor& x, const at::Tensor& weight,
       forward_channels_inner_tiled<scalar_t>(x.const_data_ptr<scalar_t>(), Strides(x),
                                              w.const_data_ptr<scalar_t>(), bp,
                                              y.mutable_data_ptr<scalar_t>(), Strides(y), g);
+    } else if (rows_apply(x, g)) {
+      forward_rows<scalar_t>(x.const_data_ptr<scalar_t>(), Strides(x), w.const_data_ptr<scalar_t>(),
+                             bp, y.mutable_data_ptr<scalar_t>(), Strides(y), g);
     } else if (use_blocked(g)) {
       forward_blocked<scalar_t>(x.const_data_ptr<scalar_t>(), Strides(x), w.const_data_ptr<scalar_t>(),
                                 bp, y.mutable_data_ptr<scalar_t>(), Strides(y), g);
@@ -2453,7 +2595,10 @@ std::vector<at::Tensor> depthwise_backward(const at::Tensor& grad_output, const 
     } else {
       scalar_t* dxp = dx.defined() ? dx.mutable_data_ptr<scalar_t>() : nullptr;
       const Strides dxs = dx.defined() ? Strides(dx) : Strides(x);
-      if (use_blocked(g))
+      if (rows_apply(x, g) && dy.stride(4) == 1)
+        backward_rows<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy), x.const_data_ptr<scalar_t>(),
+                                Strides(x), w.const_data_ptr<scalar_t>(), dxp, dxs, dwp, dbp, g);
+      else if (use_blocked(g))
         backward_blocked<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy), x.const_data_ptr<scalar_t>(),
                                    Strides(x), w.const_data_ptr<scalar_t>(), dxp, dxs, dwp, dbp, g);
       else if (input_grad_is_padded_forward(g))
