@@ -8,8 +8,9 @@
 //   output rows (input gradient: over input rows, by column phase when strided; weight gradient:
 //   over fixed chunks of rows).
 // - otherwise (NCDHW, any strided view, channels_last with a multiplier or fewer channels than
-//   a vector), multiplier 1: channel blocks (a sample's volumes of
-//   one vector's worth of channels turned channels-innermost in cache, then the tiles above).
+//   a vector), multiplier 1: channel blocks (a sample's volumes of one vector's worth of channels
+//   turned channels-innermost in cache, then the tiles above); 1D rows of 64 columns and more at
+//   stride 1, row by row.
 //   Multiplier > 1: stride 1 as whole planes (each (sample, channel) volume copied once into a
 //   padded buffer, one long loop per tap); strided, per (sample, channel) row, a vector over the
 //   width per tap.
@@ -2595,7 +2596,7 @@ std::vector<at::Tensor> depthwise_backward(const at::Tensor& grad_output, const 
     } else {
       scalar_t* dxp = dx.defined() ? dx.mutable_data_ptr<scalar_t>() : nullptr;
       const Strides dxs = dx.defined() ? Strides(dx) : Strides(x);
-      if (rows_apply(x, g) && dy.stride(4) == 1)
+      if (rows_apply(x, g))  // dy, made contiguous like x, has unit-stride rows too
         backward_rows<scalar_t>(dy.const_data_ptr<scalar_t>(), Strides(dy), x.const_data_ptr<scalar_t>(),
                                 Strides(x), w.const_data_ptr<scalar_t>(), dxp, dxs, dwp, dbp, g);
       else if (use_blocked(g))
