@@ -359,6 +359,50 @@ def test_bfloat16_channels_last_view_is_the_float32_results_rounded(stride):
     assert_bfloat16_is_float32_rounded("channels_last_view", 20, 13, stride)
 
 
+# NCHW channel blocks through the transposes: volumes with rows of 8 or fewer in flat chunks
+# across their rows (7x7: the last chunk overlapping the one before; 3x3: fewer positions than a
+# vector; 8x8 at stride 2; a 3D volume), a cut view of 7x7 planes (not dense: row chunks, masked),
+# whole and partial blocks of channels (16, 20 = 16 + 4, 6 < 16).
+SMALL_VOLUMES = {"7x7": ((7, 7), 1, False), "3x3": ((3, 3), 1, False),
+                 "8x8-s2": ((8, 8), 2, False), "3x4x4": ((3, 4, 4), 1, False),
+                 "7x7-view": ((7, 7), 1, True)}
+
+
+def small_volume_operands(name, channels, dtype):
+    sizes, stride, cut = SMALL_VOLUMES[name]
+    generator = torch.Generator().manual_seed(0)
+    wide = (*sizes[:-1], sizes[-1] + 2) if cut else sizes
+    x = torch.randn(2, channels, *wide, generator=generator)[..., :sizes[-1]].to(dtype)
+    weight = torch.randn(channels, 1, *([3] * len(sizes)), generator=generator).to(dtype)
+    bias = torch.randn(channels, generator=generator).to(dtype)
+    return x, weight, bias, stride
+
+
+@pytest.mark.parametrize("channels", [16, 20, 6])
+@pytest.mark.parametrize("name", list(SMALL_VOLUMES))
+def test_small_volumes_through_the_transposes_match_native(name, channels, poisoned_outputs):
+    x, weight, bias, stride = small_volume_operands(name, channels, torch.float32)
+    assert_matches_native(x.dim() - 2, x, weight, bias, stride, 1, 1, channels,
+                          dtype=torch.float32, algorithm="cpu_direct")
+
+
+@pytest.mark.parametrize("channels", [16, 20, 6])
+@pytest.mark.parametrize("name", list(SMALL_VOLUMES))
+def test_small_volumes_in_bfloat16_are_the_float32_results_rounded(name, channels,
+                                                                    poisoned_outputs):
+    x, weight, bias, stride = small_volume_operands(name, channels, torch.bfloat16)
+    results = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        operands = [t.to(dtype).detach().requires_grad_() for t in (x, weight, bias)]
+        out = dw.functional.conv_nd(x.dim() - 2, *operands, stride, 1, 1, channels,
+                                    algorithm="cpu_direct")
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        out.backward(grad.to(torch.bfloat16).to(dtype))
+        results[dtype] = [out.detach()] + [t.grad for t in operands]
+    for ours, wide in zip(results[torch.bfloat16], results[torch.float32]):
+        assert torch.equal(ours.view(torch.int16), wide.to(torch.bfloat16).view(torch.int16))
+
+
 def assert_bfloat16_is_float32_rounded(layout, channels, size, stride):
     fmt = torch.contiguous_format if layout == "contiguous" else torch.channels_last
     generator = torch.Generator().manual_seed(0)

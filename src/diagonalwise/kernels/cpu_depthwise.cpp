@@ -1921,10 +1921,13 @@ inline void store_bfloat16s(c10::BFloat16* p, __m256i v, int64_t count) {
     _mm256_mask_storeu_epi16(p, static_cast<__mmask16>((1u << count) - 1), v);
 }
 
-// 16 rows of `width` (<= 16) values, `stride` apart, as 16 float vectors, one per column: lane c
-// of columns[q] is row c's value q (zero past `width`).
-inline void load_columns(const float* p, int64_t stride, int64_t width, vec_t<float>* columns) {
-  for (int64_t c = 0; c < 16; ++c) columns[c] = load_floats(p + c * stride, width);
+// `rows` (<= 16) rows of `width` (<= 16) values, `stride` apart, as 16 float vectors, one per
+// column: lane c of columns[q] is row c's value q (zero past `width` and `rows`).
+inline void load_columns(const float* p, int64_t stride, int64_t rows, int64_t width,
+                         vec_t<float>* columns) {
+#pragma GCC unroll 16
+  for (int64_t c = 0; c < 16; ++c)
+    columns[c] = c < rows ? load_floats(p + c * stride, width) : vec_t<float>{};
   transpose_stages<0, 16>(columns);
 }
 
@@ -1932,12 +1935,14 @@ inline void load_columns(const float* p, int64_t stride, int64_t width, vec_t<fl
 // register: three shuffle stages for 8 registers instead of four for 16, then each pair's even
 // column shifted into a float's top half and its odd column, already there, masked. 2.2x faster
 // than converting first and transposing floats (v14 in cpu_direct_notes.md).
-inline void load_columns(const c10::BFloat16* p, int64_t stride, int64_t width,
+inline void load_columns(const c10::BFloat16* p, int64_t stride, int64_t rows, int64_t width,
                          vec_t<float>* columns) {
   bits_t pairs[8];
+  const __m256i none = _mm256_setzero_si256();
   for (int64_t c = 0; c < 8; ++c)
-    pairs[c] = bits_t(_mm512_inserti64x4(_mm512_castsi256_si512(load_bfloat16s(p + c * stride, width)),
-                                         load_bfloat16s(p + (c + 8) * stride, width), 1));
+    pairs[c] = bits_t(_mm512_inserti64x4(
+        _mm512_castsi256_si512(c < rows ? load_bfloat16s(p + c * stride, width) : none),
+        c + 8 < rows ? load_bfloat16s(p + (c + 8) * stride, width) : none, 1));
   transpose_stages<1, 8>(pairs);
   for (int64_t k = 0; k < 8; ++k) {
     columns[2 * k] = vec_t<float>(pairs[k] << 16);
@@ -1945,10 +1950,14 @@ inline void load_columns(const c10::BFloat16* p, int64_t stride, int64_t width,
   }
 }
 
-// The inverse of load_columns: 16 column vectors back to the first `width` values of 16 rows.
-inline void store_columns(vec_t<float>* columns, float* p, int64_t stride, int64_t width) {
+// The inverse of load_columns: 16 column vectors back to the first `width` values of the first
+// `rows` rows.
+inline void store_columns(vec_t<float>* columns, float* p, int64_t stride, int64_t rows,
+                          int64_t width) {
   transpose_stages<0, 16>(columns);
-  for (int64_t c = 0; c < 16; ++c) store_floats(p + c * stride, columns[c], width);
+#pragma GCC unroll 16
+  for (int64_t c = 0; c < 16; ++c)  // whole loops keep the columns in registers
+    if (c < rows) store_floats(p + c * stride, columns[c], width);
 }
 
 // bfloat16: rounded to nearest even (NaN kept a quiet NaN) as from_acc does, for every normal
@@ -1956,7 +1965,8 @@ inline void store_columns(vec_t<float>* columns, float* p, int64_t stride, int64
 // becomes a signed zero, as in oneDNN's bfloat16 convolutions, which use it), interleaved into
 // pairs and transposed as load_columns does: 2.6x faster than transposing floats (v14); without
 // it, the floats transposed and each row rounded on its raw bits.
-inline void store_columns(vec_t<float>* columns, c10::BFloat16* p, int64_t stride, int64_t width) {
+inline void store_columns(vec_t<float>* columns, c10::BFloat16* p, int64_t stride, int64_t rows,
+                          int64_t width) {
 #ifdef __AVX512BF16__
   typedef int16_t word_mask_t __attribute__((vector_size(64)));
   constexpr word_mask_t kInterleave = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
@@ -1968,13 +1978,18 @@ inline void store_columns(vec_t<float>* columns, c10::BFloat16* p, int64_t strid
     pairs[k] = bits_t(__builtin_shuffle(both, kInterleave));
   }
   transpose_stages<1, 8>(pairs);
+#pragma GCC unroll 8
   for (int64_t c = 0; c < 8; ++c) {
-    store_bfloat16s(p + c * stride, _mm512_castsi512_si256(__m512i(pairs[c])), width);
-    store_bfloat16s(p + (c + 8) * stride, _mm512_extracti64x4_epi64(__m512i(pairs[c]), 1), width);
+    if (c < rows)
+      store_bfloat16s(p + c * stride, _mm512_castsi512_si256(__m512i(pairs[c])), width);
+    if (c + 8 < rows)
+      store_bfloat16s(p + (c + 8) * stride, _mm512_extracti64x4_epi64(__m512i(pairs[c]), 1), width);
   }
 #else
   transpose_stages<0, 16>(columns);
+#pragma GCC unroll 16
   for (int64_t c = 0; c < 16; ++c) {
+    if (c >= rows) continue;
     const half_bits_t narrow = bfloat16_bits(columns[c]);
     store_bfloat16s(p + c * stride, __m256i(narrow), width);
   }
@@ -1984,24 +1999,66 @@ inline void store_columns(vec_t<float>* columns, c10::BFloat16* p, int64_t strid
 
 #ifdef DIAGONALWISE_TRANSPOSE
 // The types load_columns and store_columns serve: float lanes holding float or bfloat16 values
-// (they take whole blocks of 16 channels with unit-stride rows).
+// (they take blocks of up to 16 channels with unit-stride rows).
 template <typename scalar_t, typename acc_t>
 constexpr bool kTransposable = std::is_same_v<acc_t, float> && !std::is_same_v<scalar_t, c10::Half>;
 
-// Calls chunk(i, j, k, columns, width) for the 16-column chunks of a D x H x W volume's rows, in
-// row order: `columns` (<= 16) values from column k, and `width` of them to read or write, 16
-// where those stay inside the volume (a short row's run into the volume's next rows: ignored on
-// reading, and written over later on writing, as the rows go in order), else `columns`. Masked
-// loads and stores, slow on this CPU, are thus left for where 16 would leave the volume.
+// A D x H x W volume in a channel block's buffer laid out `layout` (the volume at the layout's
+// lo corner). A dense volume with rows of 8 or fewer goes through the transposes in flat chunks
+// across its rows (7x7 planes: 4 transposes instead of 7; 4x4: 1 instead of 4): `flat` holds
+// each position's layout index for them, computed once per call (per chunk, the index
+// arithmetic cost more than the transposes saved), up to 4096 positions (16 KB, beside a task's
+// buffers in the L1); empty, row by row (rows of 14: 13 chunks instead of 14, no faster; v35 in
+// benchmarks/cpu_direct_notes.md).
+struct BlockVolume {
+  int64_t D, H, W;
+  Padded layout;
+  std::vector<int32_t> flat;
+  BlockVolume(int64_t D, int64_t H, int64_t W, const Padded& layout)
+      : D(D), H(H), W(W), layout(layout) {
+    if (W > 8 || D * H * W > 4096) return;
+    flat.reserve(D * H * W);
+    for (int64_t i = 0; i < D; ++i)
+      for (int64_t j = 0; j < H; ++j)
+        for (int64_t k = 0; k < W; ++k)
+          flat.push_back(static_cast<int32_t>(
+              layout.at(i + layout.lo_d, j + layout.lo_h, k + layout.lo_w)));
+  }
+};
+
+struct Consecutive {
+  int64_t first;
+  int64_t operator[](int64_t q) const { return first + q; }
+};
+
+// Calls chunk(offset, columns, width, at) for chunks of up to 16 positions of volume v (strides
+// s, unit width stride), in order: `columns` (<= 16) positions from element `offset`, `width`
+// values to read or write there, and at[q] position q's index in v's layout. Flat chunks (where v
+// has them and is dense) end with one overlapping the chunk before it, its repeated positions
+// read and written again with the same values. Row chunks take 16 columns where those stay inside
+// the volume (a short row's run into the next rows: ignored on reading, written over later on
+// writing, as the rows go in order), else `columns`. Masked loads and stores, slow on this CPU,
+// are thus left for volumes of fewer than 16 positions and the last row of a strided one.
 template <typename Chunk>
-inline void row_chunks(const Strides& s, int64_t D, int64_t H, int64_t W, const Chunk& chunk) {
-  const bool dense = s.h == W && s.d == H * W;
-  for (int64_t i = 0; i < D; ++i)
-    for (int64_t j = 0; j < H; ++j)
-      for (int64_t k = 0; k < W; k += 16) {
-        const int64_t columns = std::min<int64_t>(16, W - k);
-        const bool inside = dense && (i * H + j) * W + k + 16 <= D * H * W;
-        chunk(i, j, k, columns, columns == 16 || inside ? int64_t(16) : columns);
+inline void volume_chunks(const Strides& s, const BlockVolume& v, const Chunk& chunk) {
+  const bool dense = s.h == v.W && s.d == v.H * v.W;
+  const int64_t volume = v.D * v.H * v.W;
+  if (dense && !v.flat.empty()) {
+    const int64_t columns = std::min<int64_t>(16, volume);
+    for (int64_t next = 0; next < volume; next += 16) {
+      const int64_t first = std::min(next, volume - columns);
+      chunk(first, columns, columns, v.flat.data() + first);
+    }
+    return;
+  }
+  const Padded& layout = v.layout;
+  for (int64_t i = 0; i < v.D; ++i)
+    for (int64_t j = 0; j < v.H; ++j)
+      for (int64_t k = 0; k < v.W; k += 16) {
+        const int64_t columns = std::min<int64_t>(16, v.W - k);
+        const bool inside = dense && (i * v.H + j) * v.W + k + 16 <= volume;
+        const Consecutive at{layout.at(i + layout.lo_d, j + layout.lo_h, k + layout.lo_w)};
+        chunk(i * s.d + j * s.h + k, columns, columns == 16 || inside ? int64_t(16) : columns, at);
       }
 }
 #endif
@@ -2028,60 +2085,73 @@ void zero_padding(acc_t* buf, const Padded& p, int64_t D, int64_t H, int64_t W, 
     }
 }
 
-// Channels [0, count) of a volume (strides s) into the volume's positions of buf, laid out
-// [p][L], through load_columns where transposable. The padding positions are never written:
-// zero_padding fills them once for every block of the same layout.
+// body(rows) for a block of `count` channels, with 16 as a constant for a whole block, so that
+// the transposes' per-row checks fold away there.
+template <typename Body>
+inline void whole_or_partial_block(int64_t count, const Body& body) {
+  if (count == 16)
+    body(std::integral_constant<int64_t, 16>{});
+  else
+    body(count);
+}
+
+// Channels [0, count) of a volume (strides s) into their positions in buf (laid out
+// [vol.layout][L]), through load_columns where transposable. The padding positions are never
+// written: zero_padding fills them once for every block of the same layout.
 template <typename scalar_t, typename acc_t>
-void gather_channels(const scalar_t* v, const Strides& s, int64_t count, int64_t D, int64_t H,
-                     int64_t W, const Padded& p, acc_t* buf) {
+void gather_channels(const scalar_t* v, const Strides& s, int64_t count, const BlockVolume& vol,
+                     acc_t* buf) {
   constexpr int64_t L = lanes<acc_t>();
 #ifdef DIAGONALWISE_TRANSPOSE
   if constexpr (kTransposable<scalar_t, acc_t>) {
-    if (count == L && s.w == 1) {
-      row_chunks(s, D, H, W, [&](int64_t i, int64_t j, int64_t k, int64_t columns, int64_t width) {
-        vec_t<float> r[16];
-        load_columns(v + i * s.d + j * s.h + k, s.c, width, r);
-        acc_t* out = buf + (p.at(i + p.lo_d, j + p.lo_h, p.lo_w) + k) * L;
-        for (int64_t q = 0; q < columns; ++q) vstore(out + q * L, r[q]);
+    if (s.w == 1) {
+      whole_or_partial_block(count, [&](auto rows) {
+        volume_chunks(s, vol, [&](int64_t offset, int64_t columns, int64_t width, const auto& at) {
+          vec_t<float> r[16];
+          load_columns(v + offset, s.c, int64_t(rows), width, r);
+          for (int64_t q = 0; q < columns; ++q) vstore(buf + at[q] * L, r[q]);
+        });
       });
       return;
     }
   }
 #endif
+  const Padded& p = vol.layout;
   for (int64_t c = 0; c < count; ++c)
-    for (int64_t i = 0; i < D; ++i)
-      for (int64_t j = 0; j < H; ++j) {
+    for (int64_t i = 0; i < vol.D; ++i)
+      for (int64_t j = 0; j < vol.H; ++j) {
         const scalar_t* row = v + c * s.c + i * s.d + j * s.h;
         acc_t* out = buf + p.at(i + p.lo_d, j + p.lo_h, p.lo_w) * L + c;
-        for (int64_t k = 0; k < W; ++k) out[k * L] = static_cast<acc_t>(row[k * s.w]);
+        for (int64_t k = 0; k < vol.W; ++k) out[k * L] = static_cast<acc_t>(row[k * s.w]);
       }
 }
 
-// The inverse: the D x H x W positions of buf (laid out [layout][L]), channels [0, count), back
-// to planes.
+// The inverse: channels [0, count) of the volume's positions in buf back to planes.
 template <typename scalar_t, typename acc_t>
-void scatter_channels(const acc_t* buf, const Padded& layout, int64_t count, int64_t D, int64_t H,
-                      int64_t W, scalar_t* v, const Strides& s) {
+void scatter_channels(const acc_t* buf, const BlockVolume& vol, int64_t count, scalar_t* v,
+                      const Strides& s) {
   constexpr int64_t L = lanes<acc_t>();
 #ifdef DIAGONALWISE_TRANSPOSE
   if constexpr (kTransposable<scalar_t, acc_t>) {
-    if (count == L && s.w == 1) {
-      row_chunks(s, D, H, W, [&](int64_t i, int64_t j, int64_t k, int64_t columns, int64_t width) {
-        vec_t<float> r[16];
-        const acc_t* in = buf + (layout.at(i, j, 0) + k) * L;
-        for (int64_t q = 0; q < 16; ++q) r[q] = q < columns ? vload(in + q * L) : vec_t<float>{};
-        store_columns(r, v + i * s.d + j * s.h + k, s.c, width);
+    if (s.w == 1) {
+      whole_or_partial_block(count, [&](auto rows) {
+        volume_chunks(s, vol, [&](int64_t offset, int64_t columns, int64_t width, const auto& at) {
+          vec_t<float> r[16];
+          for (int64_t q = 0; q < 16; ++q) r[q] = q < columns ? vload(buf + at[q] * L) : vec_t<float>{};
+          store_columns(r, v + offset, s.c, int64_t(rows), width);
+        });
       });
       return;
     }
   }
 #endif
+  const Padded& p = vol.layout;
   for (int64_t c = 0; c < count; ++c)
-    for (int64_t i = 0; i < D; ++i)
-      for (int64_t j = 0; j < H; ++j) {
+    for (int64_t i = 0; i < vol.D; ++i)
+      for (int64_t j = 0; j < vol.H; ++j) {
         scalar_t* row = v + c * s.c + i * s.d + j * s.h;
-        const acc_t* in = buf + layout.at(i, j, 0) * L + c;
-        for (int64_t k = 0; k < W; ++k) row[k * s.w] = from_acc<scalar_t>(in[k * L]);
+        const acc_t* in = buf + p.at(i + p.lo_d, j + p.lo_h, p.lo_w) * L + c;
+        for (int64_t k = 0; k < vol.W; ++k) row[k * s.w] = from_acc<scalar_t>(in[k * L]);
       }
 }
 
@@ -2206,6 +2276,7 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
   const int64_t groups = (g.C + L - 1) / L;
   const WindowTaps window(g, L);
   const RowBounds bounds = padded_row_bounds(g);
+  const BlockVolume in_volume(g.D, g.H, g.W, p), out_volume(g.OD, g.OH, g.OW, out_layout);
   Buffer<acc_t> block_wt, block_bias;
   block_weights(w, b, g, block_wt, block_bias);
   const int64_t parts = prefetch_parts(
@@ -2217,7 +2288,7 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
     std::vector<int64_t> offsets(2 * g.KD * g.KH);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / groups, c0 = (task % groups) * L, count = std::min(L, g.C - c0);
-      gather_channels(x + n * xs.n + c0 * xs.c, xs, count, g.D, g.H, g.W, p, buf.data());
+      gather_channels(x + n * xs.n + c0 * xs.c, xs, count, in_volume, buf.data());
       const int64_t next_n = (task + 1) / groups, next_c0 = ((task + 1) % groups) * L;
       const int64_t next_count = std::min(L, g.C - next_c0);
       block_window_sums(buf.data(), p, g, window, bounds,
@@ -2230,8 +2301,7 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
                           prefetch_block(y + next_n * ys.n + next_c0 * ys.c, ys, next_count,
                                          g.OD, g.OH, g.OW, row, parts, true);
                         });
-      scatter_channels(out.data(), out_layout, count, g.OD, g.OH, g.OW, y + n * ys.n + c0 * ys.c,
-                       ys);
+      scatter_channels(out.data(), out_volume, count, y + n * ys.n + c0 * ys.c, ys);
     }
   });
 }
@@ -2259,6 +2329,8 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
   const Padded dy_layout =
       as_forward ? strided_layout(transposed) : Padded{g.OD, g.OH, g.OW, 0, 0, 0};
   const Padded dx_layout{g.D, g.H, g.W, 0, 0, 0};
+  const BlockVolume dy_volume(g.OD, g.OH, g.OW, dy_layout), x_volume(g.D, g.H, g.W, p),
+      dx_volume(g.D, g.H, g.W, dx_layout);
   const Strides blocked_dy(0, 1, g.OH * g.OW * L, g.OW * L, L);
   Buffer<acc_t> partial(dw || db ? g.N * groups * sums : 0, acc_t(0)), block_wt, zeros;
   block_weights(w, static_cast<const scalar_t*>(nullptr), g, block_wt, zeros);
@@ -2280,8 +2352,7 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
     std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KW);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / groups, c0 = (task % groups) * L, count = std::min(L, g.C - c0);
-      gather_channels(dy + n * dys.n + c0 * dys.c, dys, count, g.OD, g.OH, g.OW, dy_layout,
-                      dybuf.data());
+      gather_channels(dy + n * dys.n + c0 * dys.c, dys, count, dy_volume, dybuf.data());
       const int64_t next_n = (task + 1) / groups, next_c0 = ((task + 1) % groups) * L;
       const int64_t next_count = std::min(L, g.C - next_c0);
       // step: the row this task is about to compute, of the weight gradient's rows and then the
@@ -2299,7 +2370,7 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
       };
       if (dw || db) {
         acc_t* acc = partial.data() + task * sums;
-        if (dw) gather_channels(x + n * xs.n + c0 * xs.c, xs, count, g.D, g.H, g.W, p, xbuf.data());
+        if (dw) gather_channels(x + n * xs.n + c0 * xs.c, xs, count, x_volume, xbuf.data());
         for (int64_t od = 0; od < g.OD; ++od)
           for (int64_t oh = 0; oh < g.OH; ++oh) {
             ahead(od * g.OH + oh);
@@ -2335,8 +2406,7 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
           }
       }
       if (dx)
-        scatter_channels(dxbuf.data(), dx_layout, count, g.D, g.H, g.W,
-                         dx + n * dxs.n + c0 * dxs.c, dxs);
+        scatter_channels(dxbuf.data(), dx_volume, count, dx + n * dxs.n + c0 * dxs.c, dxs);
     }
   });
   if (!dw && !db) return;
