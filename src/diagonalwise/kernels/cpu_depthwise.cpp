@@ -2026,6 +2026,7 @@ struct BlockVolume {
   }
 };
 
+// A row chunk's positions: consecutive from its first.
 struct Consecutive {
   int64_t first;
   int64_t operator[](int64_t q) const { return first + q; }
