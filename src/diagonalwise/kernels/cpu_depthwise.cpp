@@ -2004,8 +2004,8 @@ template <typename scalar_t, typename acc_t>
 constexpr bool kTransposable = std::is_same_v<acc_t, float> && !std::is_same_v<scalar_t, c10::Half>;
 
 // A D x H x W volume in a channel block's buffer laid out `layout` (the volume at the layout's
-// lo corner). A dense volume with rows of 8 or fewer goes through the transposes in flat chunks
-// across its rows (7x7 planes: 4 transposes instead of 7; 4x4: 1 instead of 4): `flat` holds
+// lo corner). A dense volume with rows of 10 or fewer goes through the transposes in flat chunks
+// across its rows (7x7 planes: 4 transposes instead of 7; 10x10: 7 instead of 10): `flat` holds
 // each position's layout index for them, computed once per call (per chunk, the index
 // arithmetic cost more than the transposes saved), up to 4096 positions (16 KB, beside a task's
 // buffers in the L1); empty, row by row (rows of 14: 13 chunks instead of 14, no faster; v35 in
@@ -2016,7 +2016,7 @@ struct BlockVolume {
   std::vector<int32_t> flat;
   BlockVolume(int64_t D, int64_t H, int64_t W, const Padded& layout)
       : D(D), H(H), W(W), layout(layout) {
-    if (W > 8 || D * H * W > 4096) return;
+    if (W > 10 || D * H * W > 4096) return;
     flat.reserve(D * H * W);
     for (int64_t i = 0; i < D; ++i)
       for (int64_t j = 0; j < H; ++j)
