@@ -390,17 +390,8 @@ def test_small_volumes_through_the_transposes_match_native(name, channels, poiso
 @pytest.mark.parametrize("name", list(SMALL_VOLUMES))
 def test_small_volumes_in_bfloat16_are_the_float32_results_rounded(name, channels,
                                                                     poisoned_outputs):
-    x, weight, bias, stride = small_volume_operands(name, channels, torch.bfloat16)
-    results = {}
-    for dtype in (torch.bfloat16, torch.float32):
-        operands = [t.to(dtype).detach().requires_grad_() for t in (x, weight, bias)]
-        out = dw.functional.conv_nd(x.dim() - 2, *operands, stride, 1, 1, channels,
-                                    algorithm="cpu_direct")
-        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-        out.backward(grad.to(torch.bfloat16).to(dtype))
-        results[dtype] = [out.detach()] + [t.grad for t in operands]
-    for ours, wide in zip(results[torch.bfloat16], results[torch.float32]):
-        assert torch.equal(ours.view(torch.int16), wide.to(torch.bfloat16).view(torch.int16))
+    assert_float32_results_rounded(*small_volume_operands(name, channels, torch.bfloat16),
+                                   channels)
 
 
 def assert_bfloat16_is_float32_rounded(layout, channels, size, stride):
@@ -414,10 +405,17 @@ def assert_bfloat16_is_float32_rounded(layout, channels, size, stride):
         assert x.stride(1) == 1 and x.stride(3) == 2 * channels
     weight = torch.randn(channels, 1, 3, 3, generator=generator).to(torch.bfloat16)
     bias = torch.randn(channels, generator=generator).to(torch.bfloat16)
+    assert_float32_results_rounded(x, weight, bias, stride, channels)
+
+
+def assert_float32_results_rounded(x, weight, bias, stride, channels):
+    """The bfloat16 operands' output and gradients equal, to the bit, the float32 path's on the
+    same values rounded to bfloat16."""
     results = {}
     for dtype in (torch.bfloat16, torch.float32):
         operands = [t.to(dtype).detach().requires_grad_() for t in (x, weight, bias)]
-        out = dw.conv2d(*operands, stride, 1, 1, channels, algorithm="cpu_direct")
+        out = dw.functional.conv_nd(x.dim() - 2, *operands, stride, 1, 1, channels,
+                                    algorithm="cpu_direct")
         grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
         out.backward(grad.to(torch.bfloat16).to(dtype))
         results[dtype] = [out.detach()] + [t.grad for t in operands]
