@@ -1281,7 +1281,12 @@ template <typename acc_t, int64_t TW, int64_t NB, int64_t KW, bool CLAMP, typena
 #pragma GCC unroll 32
       for (int64_t c = 0; c < TW + KW - 1; ++c, xc += column_step) {
         if (CLAMP && (c < lo || c >= hi)) continue;
-        const vec_t<acc_t> xv = vload_as<acc_t>(xc);
+        vec_t<acc_t> xv = vload_as<acc_t>(xc);
+        // GCC folded this load into each of the column's KW multiply-adds, as in
+        // forward_tile_window: kept in a register where one is left (3x3 and 5x5 weight
+        // gradients 1.05x-1.25x; with 16 columns of 7 taps the registers are full, v38 in
+        // cpu_direct_notes.md)
+        if constexpr (P * KW + TW < 30) keep_in_register<acc_t>(xv);
 #pragma GCC unroll 8
         for (int64_t k = 0; k < KW; ++k)
           if (c - k >= 0 && c - k < TW) sum[c % P][k] += d[c - k] * xv;
