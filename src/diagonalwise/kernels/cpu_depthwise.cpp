@@ -1283,8 +1283,8 @@ template <typename acc_t, int64_t TW, int64_t NB, int64_t KW, bool CLAMP, typena
         if (CLAMP && (c < lo || c >= hi)) continue;
         vec_t<acc_t> xv = vload_as<acc_t>(xc);
         // GCC folded this load into each of the column's KW multiply-adds, as in
-        // forward_tile_window: kept in a register where one is left (3x3 and 5x5 weight
-        // gradients 1.05x-1.25x; with 16 columns of 7 taps the registers are full, v38 in
+        // forward_tile_window: kept in a register where one is left (3x3 weight gradients
+        // 1.05x-1.2x, 5x5 0.97x-1.25x; with 16 columns of 7 taps the registers are full, v38 in
         // cpu_direct_notes.md)
         if constexpr (P * KW + TW < 30) keep_in_register<acc_t>(xv);
 #pragma GCC unroll 8
