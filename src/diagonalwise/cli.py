@@ -40,14 +40,24 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
+def _finite_float(text: str, *, zero_allowed: bool) -> float:
+    kind = "non-negative" if zero_allowed else "positive"
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a {kind} number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+        bound = "0 or above" if zero_allowed else "above 0"
+        raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
     return value
+
+
+def positive_float(text: str) -> float:
+    return _finite_float(text, zero_allowed=False)
+
+
+def non_negative_float(text: str) -> float:
+    return _finite_float(text, zero_allowed=True)
 
 
 def check_writable(path: Path, directory: bool) -> None:
@@ -145,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=positive_int, default=2)
     bench.add_argument("--repeats", type=positive_int, default=5,
                        help="rounds per layer measurement; training steps take 2 * repeats + 1")
+    bench.add_argument("--min-seconds", type=non_negative_float, default=0.5,
+                       help="add rounds to a layer measurement until its timed runs add up to "
+                       "this (at most 8 x repeats rounds; default 0.5)")
     bench.add_argument("--all-block-sizes", dest="every_divisor", action="store_true",
                        help="every divisor of groups, not only 2x-spaced ones")
     bench.add_argument("--max-block-channels", type=positive_int, default=256,
@@ -230,7 +243,7 @@ def run_bench(args, command: list[str]) -> int:
     config = BenchConfig(
         models=tuple(names), dtypes=tuple(dtypes), layouts=tuple(args.layout or ["contiguous"]),
         level=args.level, batch_size=args.batch_size, size=args.size, warmup=args.warmup,
-        repeats=args.repeats, every_divisor=args.every_divisor,
+        repeats=args.repeats, min_seconds=args.min_seconds, every_divisor=args.every_divisor,
         max_block_channels=args.max_block_channels, cache=args.cache, use_cache=not args.no_cache)
     check_writable(args.output, directory=True)
     if args.cache and not args.no_cache:

@@ -94,8 +94,13 @@ def measure(fn: Callable[[], object], device: torch.device | str, *, warmup: int
 _SHUFFLER = random.Random(0)
 
 
+#: The most rounds :func:`measure_interleaved` adds to reach ``min_seconds``, per requested round.
+MAX_ROUNDS_PER_REPEAT = 8
+
+
 def measure_interleaved(fns: dict[str, Callable[[], object]], device: torch.device | str, *,
-                        warmup: int = 2, repeats: int = 5) -> dict[str, Timing]:
+                        warmup: int = 2, repeats: int = 5,
+                        min_seconds: float = 0.0) -> dict[str, Timing]:
     """Time several functions fairly: after ``warmup`` runs of each, ``repeats`` rounds that run
     each once, so drift in the machine's speed (other tenants, clocks, allocator state) falls on
     all of them alike instead of on whichever ran last. Each pair of rounds runs a shuffled order
@@ -108,7 +113,12 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], device: torch.devi
     generator seeded once per process (the same orders for the same sequence of calls), not
     reseeded per call: reseeded, each place in the list met the same predecessors in every call,
     every layer and mode of a bench, and in an A/B of two kernels that alone moved a small
-    layer's time by up to a fifth (v24 in cpu_direct_notes.md)."""
+    layer's time by up to a fifth (v24 in cpu_direct_notes.md).
+
+    After ``repeats`` rounds, more follow (up to :data:`MAX_ROUNDS_PER_REPEAT` x ``repeats``)
+    until the timed runs add up to ``min_seconds``: five rounds of a small layer take a few
+    milliseconds, and their median moved by a sixth from run to run (cpu_direct_notes.md,
+    bench rounds)."""
     device = torch.device(device)
     names = list(fns)
     for name in names:
@@ -116,10 +126,15 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], device: torch.devi
             fns[name]()
     timings = {name: Timing() for name in names}
     order = names
-    for round_index in range(repeats):
+    round_index, elapsed = 0, 0.0
+    while round_index < repeats or (elapsed < min_seconds
+                                    and round_index < MAX_ROUNDS_PER_REPEAT * repeats):
         order = _SHUFFLER.sample(names, len(names)) if round_index % 2 == 0 else order[::-1]
         for name in order:
-            timings[name].samples += measure(fns[name], device, warmup=0, repeats=1).samples
+            samples = measure(fns[name], device, warmup=0, repeats=1).samples
+            timings[name].samples += samples
+            elapsed += samples[0]
+        round_index += 1
     return timings
 
 

@@ -116,6 +116,7 @@ def test_train_on_digits_curves_match(tmp_path, capsys):
     (["bench", "--model", "lenet"], "argument --model: invalid choice: 'lenet'"),
     (["bench", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
     (["bench", "--repeats", "many"], "expected a positive integer, got 'many'"),
+    (["bench", "--min-seconds", "-1"], "--min-seconds: must be a finite number 0 or above, got -1"),
     (["bench", "--device", "cuda:3"], "device 'cuda:3' is not available"),
     (["bench", "--device", "tpu"], "unknown device 'tpu'"),
     (["bench", "--device", "cpu", "--dtype", "float16"], "float16 autocast is not a CPU"),

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from diagonalwise.timing import BANDWIDTH_HISTORY, measure_interleaved, usual_copy_bandwidth
+import time
+
+from diagonalwise.timing import (
+    BANDWIDTH_HISTORY,
+    MAX_ROUNDS_PER_REPEAT,
+    measure_interleaved,
+    usual_copy_bandwidth,
+)
 
 
 def test_the_usual_copy_bandwidth_is_the_median_of_recent_runs(tmp_path, monkeypatch):
@@ -49,3 +56,19 @@ def test_successive_interleaved_measurements_draw_new_orders():
         measure_interleaved(functions, "cpu", warmup=0, repeats=1)
     orders = {tuple(calls[i:i + len(names)]) for i in range(0, len(calls), len(names))}
     assert len(orders) > 1
+
+
+def test_short_measurements_add_rounds_up_to_min_seconds_within_a_cap():
+    def sleeper(seconds):
+        return lambda: time.sleep(seconds)
+
+    timings = measure_interleaved({"a": sleeper(0.01), "b": sleeper(0.015)}, "cpu", warmup=0,
+                                  repeats=3, min_seconds=0.2)
+    rounds = len(timings["a"].samples)
+    assert rounds == len(timings["b"].samples)
+    assert 3 < rounds < 3 * MAX_ROUNDS_PER_REPEAT  # 0.025 s or more a round: 8 rounds or fewer
+    assert sum(timings["a"].samples + timings["b"].samples) >= 0.2
+    capped = measure_interleaved({"a": sleeper(0.001)}, "cpu", warmup=0, repeats=2,
+                                 min_seconds=60.0)
+    assert len(capped["a"].samples) == 2 * MAX_ROUNDS_PER_REPEAT
+    assert len(measure_interleaved({"a": sleeper(0.0)}, "cpu", warmup=0, repeats=3)["a"].samples) == 3

@@ -62,7 +62,7 @@ def step_functions(call: ConvCall, algorithm: Algorithm, device: torch.device):
 
 def bench_layer_calls(model_name: str, calls: dict[str, ConvCall], device: torch.device, *,
                       copy_gbs: float, warmup: int = 2, repeats: int = 5,
-                      every_divisor: bool = False, max_block_channels: int = 256,
+                      min_seconds: float = 0.0, every_divisor: bool = False, max_block_channels: int = 256,
                       progress=None) -> list[LayerRow]:
     """Benchmark each distinct call of ``calls`` (qualified name -> call) with every algorithm."""
     names_by_key: dict[str, list[str]] = {}
@@ -87,7 +87,8 @@ def bench_layer_calls(model_name: str, calls: dict[str, ConvCall], device: torch
                 functions[algorithm.name] = step_functions(call, algorithm, device)
         for mode in MODES:
             timings = measure_interleaved({name: fns[mode] for name, fns in functions.items()},
-                                          device, warmup=warmup, repeats=repeats)
+                                          device, warmup=warmup, repeats=repeats,
+                                          min_seconds=min_seconds)
             flops = call.flops() * {"forward": 1, "backward": 2, "step": 3}[mode]
             for name, timing in timings.items():
                 gbs = call.bytes_moved(mode) / timing.median / 1e9

@@ -22,7 +22,8 @@ from .training_step import autocast_context, bench_training
 class BenchConfig:
     """What one ``diagonalwise bench`` run measures. ``repeats``: rounds per layer measurement;
     the training steps take ``2 * repeats + 1`` (with 5 their spread on a 2-core VM was 5-7% of
-    the median, wider than the 5-10% that the layers' gains add up to). ``cache``: a tuning
+    the median, wider than the 5-10% that the layers' gains add up to); a layer measurement adds
+    rounds until its timed runs add up to ``min_seconds``. ``cache``: a tuning
     cache file, or None for a fresh one in ``output``; ``use_cache=False`` tunes without one."""
 
     models: tuple[str, ...] = ("mobilenet_v1",)
@@ -33,6 +34,7 @@ class BenchConfig:
     size: int | None = None
     warmup: int = 2
     repeats: int = 5
+    min_seconds: float = 0.5
     every_divisor: bool = False
     max_block_channels: int = 256
     cache: Path | None = None
@@ -74,7 +76,7 @@ def run_bench(config: BenchConfig, device: torch.device, output: Path,
                         result.layers += bench_layer_calls(
                             name, calls, device, copy_gbs=env["copy_bandwidth_gbs"],
                             warmup=config.warmup, repeats=config.repeats,
-                            every_divisor=config.every_divisor,
+                            min_seconds=config.min_seconds, every_divisor=config.every_divisor,
                             max_block_channels=config.max_block_channels, progress=bar)
                     del model, x
                     result.save(output)
