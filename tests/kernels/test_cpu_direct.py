@@ -362,10 +362,13 @@ def test_bfloat16_channels_last_view_is_the_float32_results_rounded(stride):
 # NCHW channel blocks through the transposes: volumes with rows of 10 or fewer in flat chunks
 # across their rows (7x7 and 10x10: the last chunk overlapping the one before; 3x3: fewer
 # positions than a vector; 8x8 at stride 2; a 3D volume), a cut view of 7x7 planes (not dense: row
-# chunks, masked), whole and partial blocks of channels (16, 20 = 16 + 4, 6 < 16).
+# chunks, masked), whole and partial blocks of channels (16, 20 = 16 + 4, 6 < 16). The forward and
+# input gradient join the rows of 5x5, 7x7 and 10x10 planes (3x5x5: per plane), not of 3x3 or
+# 3x4x4 (too many columns between the rows).
 SMALL_VOLUMES = {"7x7": ((7, 7), 1, False), "10x10": ((10, 10), 1, False),
-                 "3x3": ((3, 3), 1, False), "8x8-s2": ((8, 8), 2, False),
-                 "3x4x4": ((3, 4, 4), 1, False), "7x7-view": ((7, 7), 1, True)}
+                 "5x5": ((5, 5), 1, False), "3x3": ((3, 3), 1, False),
+                 "8x8-s2": ((8, 8), 2, False), "3x4x4": ((3, 4, 4), 1, False),
+                 "3x5x5": ((3, 5, 5), 1, False), "7x7-view": ((7, 7), 1, True)}
 
 
 def small_volume_operands(name, channels, dtype):

@@ -2197,14 +2197,14 @@ void block_weights(const scalar_t* w, const scalar_t* b, const Geometry& g, Buff
 // Output row (od, oh)'s input rows in layout p that hold data (not only padding), as
 // (offset * lanes, index of the row's first tap).
 inline int64_t padded_rows(const Geometry& g, const Padded& p, int64_t od, int64_t oh,
-                           int64_t lanes, int64_t* offsets) {
+                           int64_t lanes, int64_t* offsets, bool every_row = false) {
   int64_t count = 0;
   for (int64_t kd = 0; kd < g.KD; ++kd) {
     const int64_t i = od * g.SD + kd * g.DD;
     if (i < g.PD || i >= g.PD + g.D) continue;
     for (int64_t kh = 0; kh < g.KH; ++kh) {
       const int64_t j = oh * g.SH + kh * g.DH;
-      if (j < g.PH || j >= g.PH + g.H) continue;
+      if (!every_row && (j < g.PH || j >= g.PH + g.H)) continue;
       offsets[2 * count] = p.at(i, j, 0) * lanes;
       offsets[2 * count + 1] = (kd * g.KH + kh) * g.KW;
       ++count;
@@ -2253,40 +2253,62 @@ constexpr int64_t block_lines(int64_t volume) {
   return lanes<at::opmath_type<scalar_t>>() * volume * static_cast<int64_t>(sizeof(scalar_t)) / 64;
 }
 
-// The channel blocks' RowBounds: every tap of every output lies inside the padded buffer, so no
-// tile's window reaches past a row; the tiles as few as fit, 16 wide for windows of 3 taps too
-// (their columns lie one vector apart, not a pixel apart as in channels_last). Rows of 7 in one
-// tile, not 4 + 2 + 1: 7x7 planes float32 1.07x-1.12x, bfloat16 1.2x (v26 in cpu_direct_notes.md).
-inline RowBounds padded_row_bounds(const Geometry& g) {
+// A channel block's output rows and the RowBounds of their tiles: every tap of every output lies
+// inside the padded buffer, so no tile's window reaches past a row; the tiles as few as fit, 16
+// wide for windows of 3 taps too (their columns lie one vector apart, not a pixel apart as in
+// channels_last). Rows of 7 in one tile, not 4 + 2 + 1: 7x7 planes float32 1.07x-1.12x, bfloat16
+// 1.2x (v26 in cpu_direct_notes.md). Short rows joined: with unit strides, output (oh, ow) reads
+// its taps at oh * p.w + ow in the buffer plus the tap's own offset, so a plane's OH rows of OW
+// columns, laid out p.w apart in the output buffer too, go as one row of (OH - 1) * p.w + OW
+// columns, whose columns between the rows sum over the buffer's padding and are not stored: one
+// row's offsets and tiles for the plane's (v39 in cpu_direct_notes.md). `width`: the row stride
+// of the output buffer.
+inline RowBounds padded_row_bounds(const Geometry& g, int64_t columns) {
   RowBounds bounds{true, 0, 0, {}, false};
-  if (has_window_tiles(g.KW)) bounds.widths = fewest_tile_widths(g.OW, true);
+  if (has_window_tiles(g.KW)) bounds.widths = fewest_tile_widths(columns, true);
   return bounds;
 }
 
+struct PlaneRows {
+  bool joined = false;
+  int64_t columns = 0, width = 0;
+  RowBounds bounds;
+};
+
+inline PlaneRows plane_rows(const Geometry& g, const Padded& p) {
+  const int64_t extra = (g.OH - 1) * (p.w - g.OW);  // the columns between the rows
+  const bool joined = g.SH == 1 && g.SW == 1 && g.KW <= 3 && g.OH > 1 && g.OW <= 10 &&
+                      3 * extra <= g.OH * g.OW;
+  const int64_t columns = joined ? (g.OH - 1) * p.w + g.OW : g.OW;
+  return {joined, columns, joined ? p.w : g.OW, padded_row_bounds(g, columns)};
+}
+
 // One channel block's window sums: every output row of g from buf (laid out p, gathered), weights
-// [tap][L], into out (laid out out_layout). Every tap of every output lies inside the padded
-// buffer, so every column takes the whole window (taps into the padding add products with its
-// zeros) and the rows go through the window tiles end to end: 1.07x-2.3x faster on planes of
-// 28x28 down to 4x4 than border columns one at a time with only their valid taps (v8e); in the
-// widths of padded_row_bounds (`bounds`). Rows wholly in the padding are left out. `offsets`
-// holds 2 * KD * KH. ahead(row) runs before each output row (the next task's prefetches).
+// [tap][L], into out (laid out out_layout, rows.width wide). Every tap of every output lies
+// inside the padded buffer, so every column takes the whole window (taps into the padding add
+// products with its zeros) and the rows go through the window tiles end to end: 1.07x-2.3x faster
+// on planes of 28x28 down to 4x4 than border columns one at a time with only their valid taps
+// (v8e); in rows as plane_rows has them. Rows wholly in the padding are left out, unless joined.
+// `offsets` holds 2 * KD * KH. ahead(row) runs before each output row (the next task's
+// prefetches).
 template <typename acc_t, typename Ahead>
 void block_window_sums(const acc_t* buf, const Padded& p, const Geometry& g,
-                       const WindowTaps& window, const RowBounds& bounds, const acc_t* wt,
+                       const WindowTaps& window, const PlaneRows& rows, const acc_t* wt,
                        const acc_t* bias, acc_t* out, const Padded& out_layout, int64_t* offsets,
                        const Ahead& ahead) {
   constexpr int64_t L = lanes<acc_t>();
+  const int64_t step = rows.joined ? g.OH : 1;
   for (int64_t od = 0; od < g.OD; ++od)
-    for (int64_t oh = 0; oh < g.OH; ++oh) {
-      ahead(od * g.OH + oh);
-      const int64_t nrows = padded_rows(g, p, od, oh, L, offsets);
+    for (int64_t oh = 0; oh < g.OH; oh += step) {
+      for (int64_t row = oh; row < oh + step; ++row) ahead(od * g.OH + row);
+      const int64_t nrows = padded_rows(g, p, od, oh, L, offsets, rows.joined);
       acc_t* orow = out + out_layout.at(od, oh, 0) * L;
       auto tile = [&](auto tw, auto nb, int64_t ow, int64_t, const ColumnTaps& taps) {
         forward_tile<acc_t, acc_t, decltype(tw)::value, decltype(nb)::value>(
             buf + ow * g.SW * L, g.SW * L, wt, L, bias, orow + ow * L, L, offsets, nrows, taps);
       };
-      tile_row(g.OW, 0, g.OW, L, L, window.all(), [&](int64_t) { return window.all(); }, tile,
-               bounds);
+      tile_row(rows.columns, 0, rows.columns, L, L, window.all(),
+               [&](int64_t) { return window.all(); }, tile, rows.bounds);
     }
 }
 
@@ -2295,10 +2317,11 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
                      scalar_t* y, Strides ys, const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t L = lanes<acc_t>();
-  const Padded p = strided_layout(g), out_layout{g.OD, g.OH, g.OW, 0, 0, 0};
+  const Padded p = strided_layout(g);
+  const PlaneRows rows = plane_rows(g, p);
+  const Padded out_layout{g.OD, g.OH, rows.width, 0, 0, 0};
   const int64_t groups = (g.C + L - 1) / L;
   const WindowTaps window(g, L);
-  const RowBounds bounds = padded_row_bounds(g);
   const BlockVolume in_volume(g.D, g.H, g.W, p), out_volume(g.OD, g.OH, g.OW, out_layout);
   Buffer<acc_t> block_wt, block_bias;
   block_weights(w, b, g, block_wt, block_bias);
@@ -2314,7 +2337,7 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
       gather_channels(x + n * xs.n + c0 * xs.c, xs, count, in_volume, buf.data());
       const int64_t next_n = (task + 1) / groups, next_c0 = ((task + 1) % groups) * L;
       const int64_t next_count = std::min(L, g.C - next_c0);
-      block_window_sums(buf.data(), p, g, window, bounds,
+      block_window_sums(buf.data(), p, g, window, rows,
                         block_wt.data() + (task % groups) * g.taps() * L,
                         block_bias.data() + (task % groups) * L, out.data(), out_layout,
                         offsets.data(), [&](int64_t row) {
@@ -2345,13 +2368,14 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
   const bool as_forward = dx && input_grad_is_padded_forward(g);
   const Geometry transposed = input_grad_as_forward(g);
   const WindowTaps flipped_window(transposed, L);
-  const RowBounds bounds = padded_row_bounds(g),
-                  input_grad_bounds = padded_row_bounds(transposed);
+  const RowBounds bounds = padded_row_bounds(g, g.OW);
   const std::vector<ColumnPhase> phases = as_forward ? std::vector<ColumnPhase>()
                                                      : column_phases(g, L);
   const Padded dy_layout =
       as_forward ? strided_layout(transposed) : Padded{g.OD, g.OH, g.OW, 0, 0, 0};
-  const Padded dx_layout{g.D, g.H, g.W, 0, 0, 0};
+  const PlaneRows input_grad_rows =
+      as_forward ? plane_rows(transposed, dy_layout) : PlaneRows{false, g.W, g.W, {}};
+  const Padded dx_layout{g.D, g.H, input_grad_rows.width, 0, 0, 0};
   const BlockVolume dy_volume(g.OD, g.OH, g.OW, dy_layout), x_volume(g.D, g.H, g.W, p),
       dx_volume(g.D, g.H, g.W, dx_layout);
   const Strides blocked_dy(0, 1, g.OH * g.OW * L, g.OW * L, L);
@@ -2413,7 +2437,7 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
       }
       if (as_forward) {
         block_window_sums(static_cast<const acc_t*>(dybuf.data()), dy_layout, transposed,
-                          flipped_window, input_grad_bounds,
+                          flipped_window, input_grad_rows,
                           flipped_wt.data() + (task % groups) * taps * L, zeros.data(),
                           dxbuf.data(), dx_layout, offsets.data(),
                           [&](int64_t row) { ahead(dx_first_step + row); });
