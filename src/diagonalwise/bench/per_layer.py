@@ -62,8 +62,8 @@ def step_functions(call: ConvCall, algorithm: Algorithm, device: torch.device):
 
 def bench_layer_calls(model_name: str, calls: dict[str, ConvCall], device: torch.device, *,
                       copy_gbs: float, warmup: int = 2, repeats: int = 5,
-                      min_seconds: float = 0.0, every_divisor: bool = False, max_block_channels: int = 256,
-                      progress=None) -> list[LayerRow]:
+                      min_seconds: float = 0.0, every_divisor: bool = False,
+                      max_block_channels: int = 256, progress=None) -> list[LayerRow]:
     """Benchmark each distinct call of ``calls`` (qualified name -> call) with every algorithm."""
     names_by_key: dict[str, list[str]] = {}
     for name, call in calls.items():

@@ -2195,7 +2195,8 @@ void block_weights(const scalar_t* w, const scalar_t* b, const Geometry& g, Buff
 }
 
 // Output row (od, oh)'s input rows in layout p that hold data (not only padding), as
-// (offset * lanes, index of the row's first tap).
+// (offset * lanes, index of the row's first tap); with `every_row`, those in the height's padding
+// too (a joined row's, see plane_rows).
 inline int64_t padded_rows(const Geometry& g, const Padded& p, int64_t od, int64_t oh,
                            int64_t lanes, int64_t* offsets, bool every_row = false) {
   int64_t count = 0;
@@ -2253,22 +2254,25 @@ constexpr int64_t block_lines(int64_t volume) {
   return lanes<at::opmath_type<scalar_t>>() * volume * static_cast<int64_t>(sizeof(scalar_t)) / 64;
 }
 
-// A channel block's output rows and the RowBounds of their tiles: every tap of every output lies
-// inside the padded buffer, so no tile's window reaches past a row; the tiles as few as fit, 16
-// wide for windows of 3 taps too (their columns lie one vector apart, not a pixel apart as in
+// The channel blocks' RowBounds for rows of `columns`: every tap of every output lies inside the
+// padded buffer, so no tile's window reaches past a row; the tiles as few as fit, 16 wide for
+// windows of 3 taps too (their columns lie one vector apart, not a pixel apart as in
 // channels_last). Rows of 7 in one tile, not 4 + 2 + 1: 7x7 planes float32 1.07x-1.12x, bfloat16
-// 1.2x (v26 in cpu_direct_notes.md). Short rows joined: with unit strides, output (oh, ow) reads
-// its taps at oh * p.w + ow in the buffer plus the tap's own offset, so a plane's OH rows of OW
-// columns, laid out p.w apart in the output buffer too, go as one row of (OH - 1) * p.w + OW
-// columns, whose columns between the rows sum over the buffer's padding and are not stored: one
-// row's offsets and tiles for the plane's (v39 in cpu_direct_notes.md). `width`: the row stride
-// of the output buffer.
+// 1.2x (v26 in cpu_direct_notes.md).
 inline RowBounds padded_row_bounds(const Geometry& g, int64_t columns) {
   RowBounds bounds{true, 0, 0, {}, false};
   if (has_window_tiles(g.KW)) bounds.widths = fewest_tile_widths(columns, true);
   return bounds;
 }
 
+// A channel block's output rows as the window sums take them, short rows joined: with unit
+// strides, output (oh, ow) reads its taps at oh * p.w + ow in the buffer plus the tap's own
+// offset, so a plane's OH rows of OW columns, laid out p.w apart in the output buffer too
+// (`width`), go as one row of (OH - 1) * p.w + OW `columns`, whose columns between the rows sum
+// over the buffer's padding and are not stored: one row's offsets and tiles for the plane's.
+// Joined for windows of up to 3 columns, rows of up to 10 and at most a third more columns:
+// 5x5 to 10x10 planes' forward and input gradient 1.02x-1.12x; 14x14 1.0x, 28x28 0.97x, 5x5 and
+// 7x7 windows (whose tiles are 16 wide already) 0.86x-0.90x (v39 in cpu_direct_notes.md).
 struct PlaneRows {
   bool joined = false;
   int64_t columns = 0, width = 0;
