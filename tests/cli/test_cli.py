@@ -162,6 +162,27 @@ def test_report_writes_the_tables_beside_the_results_and_a_summary_into_the_read
     assert "![speedup-mobilenet_v1](cpu-run/speedup-mobilenet_v1.png)" in tables
 
 
+def test_training_step_speedups_carry_their_interval_into_the_tables(monkeypatch):
+    from diagonalwise.bench import training_step
+    from diagonalwise.bench.registry import get_model_spec
+    from diagonalwise.bench.results import BenchResult
+    from diagonalwise.timing import Timing
+
+    times = {"native": [10.0, 20.0, 30.0, 40.0, 50.0], "paper": [5.0, 10.0, 20.0, 16.0, 25.0]}
+    monkeypatch.setattr(training_step, "measure_interleaved",
+                        lambda steps, *args, **kwargs: {n: Timing(times[n]) for n in steps})
+    rows = training_step.bench_training(get_model_spec("mobilenet_v1"), torch.device("cpu"),
+                                        batch=2, size=32, variants=("native", "paper"))
+    assert [(r.speedup, r.speedup_low, r.speedup_high) for r in rows] == \
+        [(1.0, None, None), (30.0 / 16.0, 1.5, 2.5)]
+    result = BenchResult({}, [], rows)
+    assert [line[8] for line in result.model_summary()[1]] == ["1.00x", "1.88x (1.50-2.50)"]
+    # results saved before the intervals existed load and print without them
+    old = {k: v for k, v in vars(rows[1]).items() if not k.startswith("speedup_")}
+    loaded = BenchResult.from_dict({"provenance": {}, "models": [old]})
+    assert loaded.model_summary()[1][0][8] == "1.88x"
+
+
 def _steps(*rows):
     return {"provenance": {}, "training_step": [
         dict(zip(("variant", "status", "median_ms", "speedup"), row)) for row in rows]}

@@ -7,7 +7,10 @@ import time
 from diagonalwise.timing import (
     BANDWIDTH_HISTORY,
     MAX_ROUNDS_PER_REPEAT,
+    SPEEDUP_CONFIDENCE,
+    Timing,
     measure_interleaved,
+    speedup_interval,
     usual_copy_bandwidth,
 )
 
@@ -73,3 +76,20 @@ def test_short_measurements_add_rounds_up_to_min_seconds_within_a_cap():
     assert len(capped["a"].samples) == 2 * MAX_ROUNDS_PER_REPEAT
     unbounded = measure_interleaved({"a": sleeper(0.0)}, "cpu", warmup=0, repeats=3)
     assert len(unbounded["a"].samples) == 3  # min_seconds 0: no rounds added
+
+
+def test_speedup_intervals_pair_each_rounds_times():
+    """A slow spell of the machine slows both runs of its round: paired, the ratios stay put."""
+    native = Timing([10.0, 20.0, 30.0, 40.0, 50.0])
+    tuned = Timing([5.0, 10.0, 20.0, 16.0, 25.0])  # per round 2, 2, 1.5, 2.5, 2
+    assert speedup_interval(native, tuned) == (1.5, 2.5)  # 5 rounds: smallest to largest, 94%
+    drifting = Timing([float(v) for v in range(1, 12)])
+    assert speedup_interval(Timing([2 * v for v in drifting.samples]), drifting) == (2.0, 2.0)
+
+
+def test_speedup_intervals_take_the_order_statistics_that_keep_ninety_percent():
+    ratios = [1.0 + v / 100 for v in (7, 3, 10, 1, 5, 11, 2, 9, 4, 8, 6)]  # 11 rounds, shuffled
+    # 3rd and 9th of 11: 1 - 2 * (1 + 11 + 55) / 2048 = 93%; the 4th and 8th would cover 77%
+    assert speedup_interval(Timing(ratios), Timing([1.0] * 11)) == (1.03, 1.09)
+    assert SPEEDUP_CONFIDENCE == 0.9
+    assert speedup_interval(Timing([2.0] * 4), Timing([1.0] * 4)) is None  # 4 rounds: 88% at most

@@ -43,6 +43,16 @@ def number(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def speedup_text(row: ModelRow) -> str:
+    """A training step's speedup, with its interval where there is one ("1.59x (1.52-1.66)");
+    the row's status where it was not timed."""
+    if row.status != "ok":
+        return row.status
+    interval = (f" ({number(row.speedup_low)}-{number(row.speedup_high)})"
+                if row.speedup_low is not None and row.speedup_high is not None else "")
+    return f"{number(row.speedup)}x{interval}"
+
+
 def render_text(header: list[str], rows: list[list[str]]) -> str:
     """Columns padded to their widest cell."""
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
@@ -152,11 +162,10 @@ class BenchResult:
 
     def model_summary(self) -> tuple[list[str], list[list[str]]]:
         header = ["model", "variant", "dtype", "layout", "batch", "size", "step ms (IQR)",
-                  "items/s", "speedup", "algorithms"]
+                  "items/s", "speedup (90% interval)", "algorithms"]
         rows = [[r.model, r.variant, r.dtype, r.layout, str(r.batch), str(r.size),
                  f"{number(r.median_ms, 1)} ({number(r.spread_ms, 1)}){'~' * is_noisy(r)}",
-                 number(r.items_per_s, 1),
-                 f"{number(r.speedup)}x" if r.status == "ok" else r.status, r.algorithms]
+                 number(r.items_per_s, 1), speedup_text(r), r.algorithms]
                 for r in self.models]
         return header, rows
 
@@ -219,10 +228,16 @@ class BenchResult:
             title = f"{model}: per layer, against native and against the memory limit\n{self.machine()}"
             speed.set_title(title + (f"\n{self.warning()}" if self.warning() else ""), fontsize=9)
             if model_rows:
+                # the 90% intervals as error bars (none for native and for older results)
+                errors = [[r.speedup - r.speedup_low if r.speedup_low is not None else 0.0
+                           for r in model_rows],
+                          [r.speedup_high - r.speedup if r.speedup_high is not None else 0.0
+                           for r in model_rows]]
                 step.barh([f"{r.variant} ({r.dtype}, {r.layout})" for r in model_rows],
-                          [r.speedup for r in model_rows], color="tab:gray")
+                          [r.speedup for r in model_rows], xerr=errors, capsize=3,
+                          color="tab:gray")
                 step.axvline(1.0, color="black", linewidth=0.8)
-                step.set_xlabel("training-step speedup over native")
+                step.set_xlabel("training-step speedup over native (90% interval)")
             else:
                 step.set_axis_off()
             # a model file's name ("darknet:dir/net.cfg") as a file name: "darknet-net.cfg"

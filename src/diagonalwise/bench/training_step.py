@@ -13,7 +13,7 @@ from torch import nn
 from ..conversion import convert
 from ..layout import to_layout
 from ..modules import is_converted
-from ..timing import measure_interleaved
+from ..timing import measure_interleaved, speedup_interval
 from ..tuning import TuningCache, check_correctness, collect_conv_calls, tune
 from .registry import ModelSpec
 
@@ -38,6 +38,9 @@ class ModelRow:
     spread_ms: float | None = None
     items_per_s: float | None = None
     speedup: float | None = None
+    #: an interval of at least 90% confidence for the median speedup (timing.speedup_interval)
+    speedup_low: float | None = None
+    speedup_high: float | None = None
     algorithms: str = ""
 
 
@@ -142,4 +145,6 @@ def bench_training(spec: ModelSpec, device: torch.device, *, dtype: str = "float
             row.median_ms, row.spread_ms = timing.median * 1e3, timing.spread * 1e3
             row.items_per_s = batch / timing.median
             row.speedup = reference.median / timing.median
+            interval = speedup_interval(reference, timing) if timing is not reference else None
+            row.speedup_low, row.speedup_high = interval or (None, None)
     return rows
