@@ -143,14 +143,25 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], device: torch.devi
 SPEEDUP_CONFIDENCE = 0.9
 
 
+def _round_ratios(reference: Timing, other: Timing) -> list[float]:
+    """Each round's reference time over its other time, sorted: one round's two runs share the
+    machine's state of the moment, which a ratio of the medians would not pair."""
+    return sorted(r / o for r, o in zip(reference.samples, other.samples, strict=True))
+
+
+def paired_speedup(reference: Timing, other: Timing) -> float:
+    """The speedup of ``other`` over ``reference`` measured by :func:`measure_interleaved`: the
+    median of the rounds' ratios."""
+    return statistics.median(_round_ratios(reference, other))
+
+
 def speedup_interval(reference: Timing, other: Timing) -> tuple[float, float] | None:
-    """A distribution-free interval of at least :data:`SPEEDUP_CONFIDENCE` for the median
-    speedup of ``other`` over ``reference`` measured by :func:`measure_interleaved`: the ratio of
-    each round's two times (one round's runs share the machine's state of the moment), sorted,
-    and the order statistics k and n + 1 - k with the largest k whose coverage,
-    1 - 2 P(Binomial(n, 1/2) < k), is still enough (11 rounds: the 3rd and the 9th ratio, 93%).
-    None below 5 rounds, where even the smallest and largest ratio cover less."""
-    ratios = sorted(r / o for r, o in zip(reference.samples, other.samples, strict=True))
+    """A distribution-free interval of at least :data:`SPEEDUP_CONFIDENCE` for
+    :func:`paired_speedup`: of the rounds' sorted ratios, the order statistics k and n + 1 - k
+    with the largest k whose coverage, 1 - 2 P(Binomial(n, 1/2) < k), is still enough (11
+    rounds: the 3rd and the 9th ratio, 93%). None below 5 rounds, where even the smallest and
+    largest ratio cover less."""
+    ratios = _round_ratios(reference, other)
     n = len(ratios)
     below, k = 0.0, 0  # below: P(Binomial(n, 1/2) < k + 1)
     while k < n // 2:

@@ -10,6 +10,7 @@ from diagonalwise.timing import (
     SPEEDUP_CONFIDENCE,
     Timing,
     measure_interleaved,
+    paired_speedup,
     speedup_interval,
     usual_copy_bandwidth,
 )
@@ -83,6 +84,7 @@ def test_speedup_intervals_pair_each_rounds_times():
     native = Timing([10.0, 20.0, 30.0, 40.0, 50.0])
     tuned = Timing([5.0, 10.0, 20.0, 16.0, 25.0])  # per round 2, 2, 1.5, 2.5, 2
     assert speedup_interval(native, tuned) == (1.5, 2.5)  # 5 rounds: smallest to largest, 94%
+    assert paired_speedup(native, tuned) == 2.0  # the medians' ratio would be 30 / 16
     drifting = Timing([float(v) for v in range(1, 12)])
     assert speedup_interval(Timing([2 * v for v in drifting.samples]), drifting) == (2.0, 2.0)
 

@@ -411,19 +411,48 @@ def assert_bfloat16_is_float32_rounded(layout, channels, size, stride):
     assert_float32_results_rounded(x, weight, bias, stride, channels)
 
 
-def assert_float32_results_rounded(x, weight, bias, stride, channels):
+def assert_float32_results_rounded(x, weight, bias, stride, channels, padding=1):
     """The bfloat16 operands' output and gradients equal, to the bit, the float32 path's on the
     same values rounded to bfloat16."""
     results = {}
     for dtype in (torch.bfloat16, torch.float32):
         operands = [t.to(dtype).detach().requires_grad_() for t in (x, weight, bias)]
-        out = dw.functional.conv_nd(x.dim() - 2, *operands, stride, 1, 1, channels,
+        out = dw.functional.conv_nd(x.dim() - 2, *operands, stride, padding, 1, channels,
                                     algorithm="cpu_direct")
         grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
         out.backward(grad.to(torch.bfloat16).to(dtype))
         results[dtype] = [out.detach()] + [t.grad for t in operands]
     for ours, wide in zip(results[torch.bfloat16], results[torch.float32]):
         assert torch.equal(ours.view(torch.int16), wide.to(torch.bfloat16).view(torch.int16))
+
+
+@pytest.mark.parametrize("kernel", [(3, 3), (5, 5), (7, 7), (3, 3, 3)])
+@pytest.mark.parametrize("channels, size, padding", [(20, 37, 1), (16, 32, 0), (6, 16, "same"),
+                                                     (16, 9, 2)])
+def test_bfloat16_window_pairs_are_the_float32_results_rounded(kernel, channels, size, padding,
+                                                               poisoned_outputs):
+    """NCHW bfloat16 forwards at unit width stride take two taps per `vdpbf16ps` where the CPU
+    has it (pairs gathered across 16-column chunks: 37 = 16 + 16 + 5, 32 and 16 whole chunks, 9
+    one partial; rows of 3, 5 and 7 taps, a 3D window): the float32 path's results rounded, to
+    the bit, as everywhere else."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, channels, *([5] * (len(kernel) - 2)), size, size, generator=generator)
+    weight = torch.randn(channels, 1, *kernel, generator=generator)
+    bias = torch.randn(channels, generator=generator)
+    assert_float32_results_rounded(x.bfloat16(), weight.bfloat16(), bias.bfloat16(), 1, channels,
+                                   padding)
+
+
+@pytest.mark.parametrize("kernel, padding", [(3, 1), (3, 0), (5, 2), (7, 0)])
+def test_bfloat16_window_pairs_keep_inf_where_native_puts_it(kernel, padding):
+    """An inf beside a window (the column after its last tap, or a row's first column) must not
+    reach the output: no tap is paired with a neighbour outside its window."""
+    x = torch.randn(2, 16, 11, 23).to(torch.bfloat16)
+    x[0, 3, 4, 9], x[1, 7, 2, 0], x[1, 8, 6, 22] = float("inf"), float("-inf"), float("inf")
+    weight = torch.randn(16, 1, kernel, kernel).to(torch.bfloat16)
+    ours = dw.conv2d(x, weight, None, 1, padding, 1, 16, algorithm="cpu_direct")
+    native = torch.nn.functional.conv2d(x.float(), weight.float(), None, 1, padding, 1, 16)
+    assert torch.equal(ours.isfinite(), native.isfinite()) and not ours.isfinite().all()
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

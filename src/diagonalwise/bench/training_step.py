@@ -13,7 +13,7 @@ from torch import nn
 from ..conversion import convert
 from ..layout import to_layout
 from ..modules import is_converted
-from ..timing import measure_interleaved, speedup_interval
+from ..timing import measure_interleaved, paired_speedup, speedup_interval
 from ..tuning import TuningCache, check_correctness, collect_conv_calls, tune
 from .registry import ModelSpec
 
@@ -37,8 +37,10 @@ class ModelRow:
     median_ms: float | None = None
     spread_ms: float | None = None
     items_per_s: float | None = None
+    #: the median of the rounds' native / variant ratios (timing.paired_speedup; in results
+    #: measured before run amd-epyc-20261207j, the ratio of the median times)
     speedup: float | None = None
-    #: an interval of at least 90% confidence for the median speedup (timing.speedup_interval)
+    #: an interval of at least 90% confidence for it (timing.speedup_interval)
     speedup_low: float | None = None
     speedup_high: float | None = None
     algorithms: str = ""
@@ -144,7 +146,10 @@ def bench_training(spec: ModelSpec, device: torch.device, *, dtype: str = "float
             timing = timings[row.variant]
             row.median_ms, row.spread_ms = timing.median * 1e3, timing.spread * 1e3
             row.items_per_s = batch / timing.median
-            row.speedup = reference.median / timing.median
-            interval = speedup_interval(reference, timing) if timing is not reference else None
-            row.speedup_low, row.speedup_high = interval or (None, None)
+            if timing is reference:
+                row.speedup = 1.0
+            else:  # paired by round, as its interval
+                row.speedup = paired_speedup(reference, timing)
+                interval = speedup_interval(reference, timing)
+                row.speedup_low, row.speedup_high = interval if interval else (None, None)
     return rows

@@ -506,10 +506,21 @@ inline half_bits_t bfloat16_bits(vec_t<float> v) {
 // A vector of acc_t from the lanes<acc_t>() values of in_t at p: bfloat16 (a float's top half)
 // widened in registers, where converting whole rows to float first took one more pass through
 // the caches and twice the cache for the tiles' reads (v19 in cpu_direct_notes.md).
+// A bfloat16 pair of a channel block's buffer (gather_pairs), read as its upper half: the value
+// at its own column, as a float.
+struct UpperHalves {
+  uint32_t pair;
+};
+
 template <typename acc_t, typename in_t>
 inline vec_t<acc_t> vload_as(const in_t* p) {
   if constexpr (std::is_same_v<in_t, acc_t>) {
     return vload(p);
+  } else if constexpr (std::is_same_v<in_t, UpperHalves>) {
+    static_assert(std::is_same_v<acc_t, float>);
+    bits_t pairs;
+    std::memcpy(&pairs, p, sizeof pairs);
+    return vec_t<float>(pairs & 0xFFFF0000u);
   } else {
     static_assert(std::is_same_v<in_t, c10::BFloat16> && std::is_same_v<acc_t, float>);
 #if defined(__AVX512F__)
@@ -1259,9 +1270,10 @@ void input_grad_channels_inner_phases(const scalar_t* dy, Strides dys, const sca
 // all its taps. Each tap's sum is split into P partial sums (over the columns c with c % P == p),
 // as many as the registers hold: one sum per tap made KW chains of TW dependent multiply-adds,
 // and this CPU (2 per cycle, 4 cycles each) waited on every link.
-template <typename acc_t, int64_t TW, int64_t NB, int64_t KW, bool CLAMP, typename in_t>
+template <typename acc_t, int64_t TW, int64_t NB, int64_t KW, bool CLAMP, typename in_t,
+          typename dy_t>
 [[gnu::always_inline]] inline void weight_grad_tile_window(
-    const in_t* dy, int64_t dysw, const in_t* x, int64_t column_step, acc_t* acc,
+    const dy_t* dy, int64_t dysw, const in_t* x, int64_t column_step, acc_t* acc,
     int64_t acc_step, acc_t* bias_acc, const int64_t* row_offsets, int64_t nrows, int64_t lo,
     int64_t hi) {
   constexpr int64_t L = lanes<acc_t>();
@@ -1306,10 +1318,10 @@ template <typename acc_t, int64_t TW, int64_t NB, int64_t KW, bool CLAMP, typena
 // gradients stay in registers while, per column tap of each input row, the TW input vectors are
 // multiplied into them and the tap's sum is added to acc ([tap][O]); dy, x, acc and bias_acc at
 // the tile's first channel, x at the first column's base. dy and x: acc_t, or bfloat16 (see
-// vload_as).
-template <typename acc_t, int64_t TW, int64_t NB, typename in_t>
+// vload_as); dy also a channel block's pairs (UpperHalves).
+template <typename acc_t, int64_t TW, int64_t NB, typename in_t, typename dy_t>
 [[gnu::always_inline]] inline void weight_grad_tile(
-    const in_t* dy, int64_t dysw, const in_t* x, int64_t column_step, acc_t* acc,
+    const dy_t* dy, int64_t dysw, const in_t* x, int64_t column_step, acc_t* acc,
     int64_t acc_step, acc_t* bias_acc, const int64_t* row_offsets, int64_t nrows,
     const ColumnTaps& taps) {
   if (with_window<TW>(taps, [&](auto kw, auto clamp) __attribute__((always_inline)) {
@@ -1954,18 +1966,24 @@ inline void load_columns(const float* p, int64_t stride, int64_t rows, int64_t w
 }
 
 // bfloat16: transposed as pairs of neighbouring columns (32-bit lanes), rows c and c + 8 in one
-// register: three shuffle stages for 8 registers instead of four for 16, then each pair's even
-// column shifted into a float's top half and its odd column, already there, masked. 2.2x faster
-// than converting first and transposing floats (v14 in cpu_direct_notes.md).
-inline void load_columns(const c10::BFloat16* p, int64_t stride, int64_t rows, int64_t width,
-                         vec_t<float>* columns) {
-  bits_t pairs[8];
+// register: three shuffle stages for 8 registers instead of four for 16 (load_column_pairs: lane c
+// of pairs[k] holds row c's columns 2k, lower half, and 2k + 1), then each pair's even column
+// shifted into a float's top half and its odd column, already there, masked. 2.2x faster than
+// converting first and transposing floats (v14 in cpu_direct_notes.md).
+inline void load_column_pairs(const c10::BFloat16* p, int64_t stride, int64_t rows, int64_t width,
+                              bits_t* pairs) {
   const __m256i none = _mm256_setzero_si256();
   for (int64_t c = 0; c < 8; ++c)
     pairs[c] = bits_t(_mm512_inserti64x4(
         _mm512_castsi256_si512(c < rows ? load_bfloat16s(p + c * stride, width) : none),
         c + 8 < rows ? load_bfloat16s(p + (c + 8) * stride, width) : none, 1));
   transpose_stages<1, 8>(pairs);
+}
+
+inline void load_columns(const c10::BFloat16* p, int64_t stride, int64_t rows, int64_t width,
+                         vec_t<float>* columns) {
+  bits_t pairs[8];
+  load_column_pairs(p, stride, rows, width, pairs);
   for (int64_t k = 0; k < 8; ++k) {
     columns[2 * k] = vec_t<float>(pairs[k] << 16);
     columns[2 * k + 1] = vec_t<float>(pairs[k] & 0xFFFF0000u);
@@ -2194,6 +2212,135 @@ void block_weights(const scalar_t* w, const scalar_t* b, const Geometry& g, Buff
   }
 }
 
+#if defined(DIAGONALWISE_TRANSPOSE) && defined(__AVX512BF16__)
+#define DIAGONALWISE_BFLOAT16_PAIRS 1
+// bfloat16 forwards by `vdpbf16ps` (two products of bfloat16 pairs added to a float lane): a row
+// of KW taps (odd) in (KW - 1) / 2 of them and one multiply-add instead of KW multiply-adds. On this
+// project's CPU (AMD Zen 4) the instruction is exactly two float32 multiply-adds, each rounded to
+// nearest even, the pair's upper half first (checked bitwise on 3.2 million lanes, v40 in
+// cpu_direct_notes.md); with tap c in the upper half and tap c + 1 in the lower the taps go in
+// the float32 tiles' order, so the results are the float32 path's to the bit, but for denormals,
+// which it flushes to zero (as oneDNN's bfloat16 convolutions, which use it, do). The last tap
+// takes the pair's upper half alone, as a float: no tap's partner outside the window (an inf there
+// times a zero weight would be NaN).
+
+// Channels [0, count) of a bfloat16 volume (strides s, unit width stride) into buf (laid out p,
+// 32-bit lanes) as column pairs: lane c at a data row's column k (from k = -1 where there is
+// padding before the row) holds channel c's value at k in its upper half and at k + 1 in its lower
+// half, zero outside the row. The other padding positions keep their zeros (zero_padding).
+inline void gather_pairs(const c10::BFloat16* v, const Strides& s, int64_t count, int64_t D,
+                         int64_t H, int64_t W, const Padded& p, uint32_t* buf) {
+  constexpr int64_t L = 16;
+  const bool dense = s.h == W && s.d == H * W;
+  const int64_t volume = D * H * W;
+  const __mmask32 lower_halves = 0x55555555u;
+  auto rotated = [](bits_t a) { return _mm512_rol_epi32(__m512i(a), 16); };
+  auto joined = [&](bits_t upper_of, bits_t lower_of) {
+    return _mm512_mask_blend_epi16(lower_halves, __m512i(upper_of), __m512i(lower_of));
+  };
+  auto store = [&](uint32_t* row, int64_t column, __m512i pair) {
+    _mm512_storeu_si512(row + column * L, pair);
+  };
+  for (int64_t i = 0; i < D; ++i)
+    for (int64_t j = 0; j < H; ++j) {
+      const c10::BFloat16* row = v + i * s.d + j * s.h;
+      uint32_t* out = buf + p.at(i + p.lo_d, j + p.lo_h, p.lo_w) * L;
+      bits_t previous{};  // the chunk before's last pair (columns 14 and 15)
+      for (int64_t k = 0; k < W; k += 16) {
+        const int64_t width = std::min<int64_t>(16, W - k);
+        const bool inside = dense && (i * H + j) * W + k + 16 <= volume;
+        bits_t pairs[8];
+        load_column_pairs(row + k, s.c, count, inside ? 16 : width, pairs);
+        if (width < 16)  // values read past the row (inside the volume) are not the row's
+          for (int64_t m = 0; m < 8; ++m)
+            if (2 * m >= width) pairs[m] = bits_t{};
+            else if (2 * m + 1 == width) pairs[m] &= 0xFFFFu;
+        if (k > 0 || p.lo_w > 0) store(out, k - 1, joined(previous, pairs[0]));
+#pragma GCC unroll 8
+        for (int64_t m = 0; m < 8; ++m) {
+          if (2 * m < width) store(out, k + 2 * m, rotated(pairs[m]));
+          if (m < 7 && 2 * m + 1 < width) store(out, k + 2 * m + 1, joined(pairs[m], pairs[m + 1]));
+        }
+        previous = pairs[7];
+      }
+      if (W % 16 == 0) store(out, W - 1, joined(previous, bits_t{}));
+    }
+}
+
+// The weights as pairs for forward_tile_pairs, from the float weights [channel block][tap][L]
+// (block_weights, or the input gradient's flipped ones), which hold bfloat16 values: pair j of a
+// row of KW taps at the row's first tap's index + j, tap 2j in the upper half, 2j + 1 in the lower.
+inline void block_weight_pairs(const Buffer<float>& wt, int64_t taps, int64_t KW,
+                               Buffer<uint32_t>& pairs) {
+  constexpr int64_t L = 16;
+  pairs.assign(wt.size(), 0);
+  auto bits = [&](int64_t index) {
+    uint32_t word;
+    std::memcpy(&word, &wt[index], sizeof word);
+    return word >> 16;
+  };
+  for (int64_t block = 0; block < static_cast<int64_t>(wt.size()) / (taps * L); ++block)
+    for (int64_t first = 0; first < taps; first += KW)
+      for (int64_t j = 0; 2 * j + 1 < KW; ++j)
+        for (int64_t c = 0; c < L; ++c) {
+          const int64_t tap = (block * taps + first + 2 * j) * L + c;
+          pairs[(block * taps + first + j) * L + c] = bits(tap) << 16 | bits(tap + L);
+        }
+}
+
+// forward_tile's window tile (unit column stride, no dilation, KW odd) on pairs: TW output columns
+// of one channel block from x (the tile's first column, as gather_pairs leaves it), the block's
+// weight pairs and its float weights [tap][L] (for the last tap of each row).
+template <int64_t TW, int64_t KW>
+[[gnu::always_inline]] inline void forward_tile_pairs(const uint32_t* x, const uint32_t* wpairs,
+                                                      const float* wt, const float* bias, float* y,
+                                                      const int64_t* row_offsets, int64_t nrows) {
+  constexpr int64_t L = 16, J = KW / 2;
+  const __m512i upper_halves = _mm512_set1_epi32(int32_t(0xFFFF0000u));
+  __m512 acc[TW];
+  const __m512 b = _mm512_loadu_ps(bias);
+#pragma GCC unroll 16
+  for (int64_t i = 0; i < TW; ++i) acc[i] = b;
+  for (int64_t r = 0; r < nrows; ++r) {
+    const uint32_t* xr = x + row_offsets[2 * r];
+    const int64_t first = row_offsets[2 * r + 1];
+    __m512bh wv[J];
+#pragma GCC unroll 4
+    for (int64_t j = 0; j < J; ++j) wv[j] = __m512bh(_mm512_loadu_si512(wpairs + (first + j) * L));
+    const __m512 last = _mm512_loadu_ps(wt + (first + KW - 1) * L);
+#pragma GCC unroll 32
+    for (int64_t c = 0; c < TW + KW - 1; ++c) {
+      __m512i xv = _mm512_loadu_si512(xr + c * L);
+      asm("" : "+v"(xv));  // one load for the column's products (see keep_in_register)
+#pragma GCC unroll 4
+      for (int64_t j = 0; j < J; ++j)
+        if (c - 2 * j >= 0 && c - 2 * j < TW)
+          acc[c - 2 * j] = _mm512_dpbf16_ps(acc[c - 2 * j], __m512bh(xv), wv[j]);
+      if (c - (KW - 1) >= 0)
+        acc[c - (KW - 1)] = _mm512_fmadd_ps(
+            _mm512_castsi512_ps(_mm512_and_si512(xv, upper_halves)), last, acc[c - (KW - 1)]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int64_t i = 0; i < TW; ++i) _mm512_storeu_ps(y + i * L, acc[i]);
+}
+#endif
+
+// Whether a channel block's window sums over volume v (strides s) of geometry g go by pairs:
+// bfloat16 where the CPU has AVX512_BF16, unit width stride and no dilation along the rows,
+// windows of 3, 5 or 7 columns, rows gathered one by one (flat chunks gather the rows of 10 or
+// fewer in fewer transposes: with pairs instead, 7x7 planes 0.9x, 5x5 0.86x; v40).
+template <typename scalar_t>
+bool window_pairs_apply([[maybe_unused]] const Geometry& g, [[maybe_unused]] const Strides& s,
+                        [[maybe_unused]] const BlockVolume& v) {
+#ifdef DIAGONALWISE_BFLOAT16_PAIRS
+  return std::is_same_v<scalar_t, c10::BFloat16> && s.w == 1 && g.SW == 1 && g.DW == 1 &&
+         has_window_tiles(g.KW) && v.flat.empty();
+#else
+  return false;
+#endif
+}
+
 // Output row (od, oh)'s input rows in layout p that hold data (not only padding), as
 // (offset * lanes, index of the row's first tap); with `every_row`, those in the height's padding
 // too (a joined row's, see plane_rows).
@@ -2295,11 +2442,13 @@ inline PlaneRows plane_rows(const Geometry& g, const Padded& p) {
 // (v8e); in rows as plane_rows has them. Rows wholly in the padding are left out, unless joined.
 // `offsets` holds 2 * KD * KH. ahead(row) runs before each output row (the next task's
 // prefetches).
+// `weight_pairs` (bfloat16, DIAGONALWISE_BFLOAT16_PAIRS): buf holds gather_pairs' pairs and the
+// tiles are forward_tile_pairs.
 template <typename acc_t, typename Ahead>
 void block_window_sums(const acc_t* buf, const Padded& p, const Geometry& g,
                        const WindowTaps& window, const PlaneRows& rows, const acc_t* wt,
                        const acc_t* bias, acc_t* out, const Padded& out_layout, int64_t* offsets,
-                       const Ahead& ahead) {
+                       const Ahead& ahead, const uint32_t* weight_pairs = nullptr) {
   constexpr int64_t L = lanes<acc_t>();
   const int64_t step = rows.joined ? g.OH : 1;
   for (int64_t od = 0; od < g.OD; ++od)
@@ -2308,7 +2457,22 @@ void block_window_sums(const acc_t* buf, const Padded& p, const Geometry& g,
       const int64_t nrows = padded_rows(g, p, od, oh, L, offsets, rows.joined);
       acc_t* orow = out + out_layout.at(od, oh, 0) * L;
       auto tile = [&](auto tw, auto nb, int64_t ow, int64_t, const ColumnTaps& taps) {
-        forward_tile<acc_t, acc_t, decltype(tw)::value, decltype(nb)::value>(
+        constexpr int64_t TW = decltype(tw)::value;
+#ifdef DIAGONALWISE_BFLOAT16_PAIRS
+        if constexpr (std::is_same_v<acc_t, float>)
+          if (weight_pairs) {
+            const uint32_t* x = reinterpret_cast<const uint32_t*>(buf) + ow * L;
+            float* y = orow + ow * L;
+            if (g.KW == 3)
+              forward_tile_pairs<TW, 3>(x, weight_pairs, wt, bias, y, offsets, nrows);
+            else if (g.KW == 5)
+              forward_tile_pairs<TW, 5>(x, weight_pairs, wt, bias, y, offsets, nrows);
+            else
+              forward_tile_pairs<TW, 7>(x, weight_pairs, wt, bias, y, offsets, nrows);
+            return;
+          }
+#endif
+        forward_tile<acc_t, acc_t, TW, decltype(nb)::value>(
             buf + ow * g.SW * L, g.SW * L, wt, L, bias, orow + ow * L, L, offsets, nrows, taps);
       };
       tile_row(rows.columns, 0, rows.columns, L, L, window.all(),
@@ -2329,6 +2493,12 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
   const BlockVolume in_volume(g.D, g.H, g.W, p), out_volume(g.OD, g.OH, g.OW, out_layout);
   Buffer<acc_t> block_wt, block_bias;
   block_weights(w, b, g, block_wt, block_bias);
+  const bool pairs = window_pairs_apply<scalar_t>(g, xs, in_volume);
+  Buffer<uint32_t> weight_pairs;
+#ifdef DIAGONALWISE_BFLOAT16_PAIRS
+  if constexpr (std::is_same_v<acc_t, float>)
+    if (pairs) block_weight_pairs(block_wt, g.taps(), g.KW, weight_pairs);
+#endif
   const int64_t parts = prefetch_parts(
       block_lines<scalar_t>(g.D * g.H * g.W) + block_lines<scalar_t>(g.OD * g.OH * g.OW),
       g.OD * g.OH);
@@ -2338,7 +2508,13 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
     std::vector<int64_t> offsets(2 * g.KD * g.KH);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / groups, c0 = (task % groups) * L, count = std::min(L, g.C - c0);
-      gather_channels(x + n * xs.n + c0 * xs.c, xs, count, in_volume, buf.data());
+#ifdef DIAGONALWISE_BFLOAT16_PAIRS
+      if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
+        if (pairs)
+          gather_pairs(x + n * xs.n + c0 * xs.c, xs, count, g.D, g.H, g.W, p,
+                       reinterpret_cast<uint32_t*>(buf.data()));
+#endif
+      if (!pairs) gather_channels(x + n * xs.n + c0 * xs.c, xs, count, in_volume, buf.data());
       const int64_t next_n = (task + 1) / groups, next_c0 = ((task + 1) % groups) * L;
       const int64_t next_count = std::min(L, g.C - next_c0);
       block_window_sums(buf.data(), p, g, window, rows,
@@ -2350,7 +2526,8 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
                                          g.H, g.W, row, parts);
                           prefetch_block(y + next_n * ys.n + next_c0 * ys.c, ys, next_count,
                                          g.OD, g.OH, g.OW, row, parts, true);
-                        });
+                        },
+                        pairs ? weight_pairs.data() + (task % groups) * g.taps() * L : nullptr);
       scatter_channels(out.data(), out_volume, count, y + n * ys.n + c0 * ys.c, ys);
     }
   });
@@ -2390,6 +2567,14 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
     for (int64_t tap = 0; tap < taps; ++tap)
       std::copy_n(block_wt.data() + (group * taps + tap) * L, L,
                   flipped_wt.data() + (group * taps + taps - 1 - tap) * L);
+  // dy gathered as pairs for the input gradient's window sums (the weight gradient's tiles read
+  // their upper halves)
+  const bool pairs = as_forward && window_pairs_apply<scalar_t>(transposed, dys, dy_volume);
+  Buffer<uint32_t> weight_pairs;
+#ifdef DIAGONALWISE_BFLOAT16_PAIRS
+  if constexpr (std::is_same_v<acc_t, float>)
+    if (pairs) block_weight_pairs(flipped_wt, taps, g.KW, weight_pairs);
+#endif
   const int64_t dx_first_step = dw || db ? g.OD * g.OH : 0;
   const int64_t volume_lines = block_lines<scalar_t>(g.D * g.H * g.W);
   const int64_t parts = prefetch_parts(block_lines<scalar_t>(g.OD * g.OH * g.OW) +
@@ -2403,7 +2588,13 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
     std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KW);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / groups, c0 = (task % groups) * L, count = std::min(L, g.C - c0);
-      gather_channels(dy + n * dys.n + c0 * dys.c, dys, count, dy_volume, dybuf.data());
+#ifdef DIAGONALWISE_BFLOAT16_PAIRS
+      if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
+        if (pairs)
+          gather_pairs(dy + n * dys.n + c0 * dys.c, dys, count, g.OD, g.OH, g.OW, dy_layout,
+                       reinterpret_cast<uint32_t*>(dybuf.data()));
+#endif
+      if (!pairs) gather_channels(dy + n * dys.n + c0 * dys.c, dys, count, dy_volume, dybuf.data());
       const int64_t next_n = (task + 1) / groups, next_c0 = ((task + 1) % groups) * L;
       const int64_t next_count = std::min(L, g.C - next_c0);
       // step: the row this task is about to compute, of the weight gradient's rows and then the
@@ -2422,29 +2613,39 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
       if (dw || db) {
         acc_t* acc = partial.data() + task * sums;
         if (dw) gather_channels(x + n * xs.n + c0 * xs.c, xs, count, x_volume, xbuf.data());
-        for (int64_t od = 0; od < g.OD; ++od)
-          for (int64_t oh = 0; oh < g.OH; ++oh) {
-            ahead(od * g.OH + oh);
-            const int64_t nrows = dw ? padded_rows(g, p, od, oh, L, offsets.data()) : 0;
-            const acc_t* dyrow = dybuf.data() + dy_layout.at(od + dy_layout.lo_d,
-                                                             oh + dy_layout.lo_h, dy_layout.lo_w) * L;
-            auto tile = [&](auto tw, auto nb, int64_t ow, int64_t, const ColumnTaps& column_taps) {
-              weight_grad_tile<acc_t, decltype(tw)::value, decltype(nb)::value>(
-                  dyrow + ow * L, L, xbuf.data() + ow * g.SW * L, g.SW * L, acc, L,
-                  acc + taps * L, offsets.data(), nrows, column_taps);
-            };
-            // every column with the whole window, as in block_window_sums (an inf in dy meets
-            // the padding's zeros in a NaN, as in native's NCHW weight gradient)
-            tile_row(g.OW, 0, g.OW, L, L, window.all(), [&](int64_t) { return window.all(); },
-                     tile, bounds);
-          }
+        // dy: dybuf's floats, or the upper halves of its pairs
+        auto weight_grads = [&](const auto* dy_columns) {
+          for (int64_t od = 0; od < g.OD; ++od)
+            for (int64_t oh = 0; oh < g.OH; ++oh) {
+              ahead(od * g.OH + oh);
+              const int64_t nrows = dw ? padded_rows(g, p, od, oh, L, offsets.data()) : 0;
+              const auto* dyrow = dy_columns + dy_layout.at(od + dy_layout.lo_d,
+                                                            oh + dy_layout.lo_h, dy_layout.lo_w) * L;
+              auto tile = [&](auto tw, auto nb, int64_t ow, int64_t, const ColumnTaps& column_taps) {
+                weight_grad_tile<acc_t, decltype(tw)::value, decltype(nb)::value>(
+                    dyrow + ow * L, L, xbuf.data() + ow * g.SW * L, g.SW * L, acc, L,
+                    acc + taps * L, offsets.data(), nrows, column_taps);
+              };
+              // every column with the whole window, as in block_window_sums (an inf in dy meets
+              // the padding's zeros in a NaN, as in native's NCHW weight gradient)
+              tile_row(g.OW, 0, g.OW, L, L, window.all(), [&](int64_t) { return window.all(); },
+                       tile, bounds);
+            }
+        };
+        if constexpr (std::is_same_v<acc_t, float>) {
+          if (pairs) weight_grads(reinterpret_cast<const UpperHalves*>(dybuf.data()));
+          else weight_grads(dybuf.data());
+        } else {
+          weight_grads(dybuf.data());
+        }
       }
       if (as_forward) {
         block_window_sums(static_cast<const acc_t*>(dybuf.data()), dy_layout, transposed,
                           flipped_window, input_grad_rows,
                           flipped_wt.data() + (task % groups) * taps * L, zeros.data(),
                           dxbuf.data(), dx_layout, offsets.data(),
-                          [&](int64_t row) { ahead(dx_first_step + row); });
+                          [&](int64_t row) { ahead(dx_first_step + row); },
+                          pairs ? weight_pairs.data() + (task % groups) * taps * L : nullptr);
       } else if (dx) {
         for (int64_t id = 0; id < g.D; ++id)
           for (int64_t ih = 0; ih < g.H; ++ih) {
