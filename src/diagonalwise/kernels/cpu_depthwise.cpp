@@ -2228,9 +2228,11 @@ void block_weights(const scalar_t* w, const scalar_t* b, const Geometry& g, Buff
 // 32-bit lanes) as column pairs: lane c at a data row's column k (from k = -1 where there is
 // padding before the row) holds channel c's value at k in its upper half and at k + 1 in its lower
 // half, zero outside the row. The other padding positions keep their zeros (zero_padding).
-inline void gather_pairs(const c10::BFloat16* v, const Strides& s, int64_t count, int64_t D,
-                         int64_t H, int64_t W, const Padded& p, uint32_t* buf) {
+inline void gather_pairs(const c10::BFloat16* v, const Strides& s, int64_t count,
+                         const BlockVolume& vol, uint32_t* buf) {
   constexpr int64_t L = 16;
+  const int64_t D = vol.D, H = vol.H, W = vol.W;
+  const Padded& p = vol.layout;
   const bool dense = s.h == W && s.d == H * W;
   const int64_t volume = D * H * W;
   const __mmask32 lower_halves = 0x55555555u;
@@ -2339,6 +2341,17 @@ bool window_pairs_apply([[maybe_unused]] const Geometry& g, [[maybe_unused]] con
 #else
   return false;
 #endif
+}
+
+// A channel block's volume into buf: as pairs (gather_pairs) where `pairs`, else as floats.
+template <typename scalar_t, typename acc_t>
+void gather_block(const scalar_t* v, const Strides& s, int64_t count, const BlockVolume& vol,
+                  [[maybe_unused]] bool pairs, acc_t* buf) {
+#ifdef DIAGONALWISE_BFLOAT16_PAIRS
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
+    if (pairs) return gather_pairs(v, s, count, vol, reinterpret_cast<uint32_t*>(buf));
+#endif
+  gather_channels(v, s, count, vol, buf);
 }
 
 // Output row (od, oh)'s input rows in layout p that hold data (not only padding), as
@@ -2508,13 +2521,7 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
     std::vector<int64_t> offsets(2 * g.KD * g.KH);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / groups, c0 = (task % groups) * L, count = std::min(L, g.C - c0);
-#ifdef DIAGONALWISE_BFLOAT16_PAIRS
-      if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
-        if (pairs)
-          gather_pairs(x + n * xs.n + c0 * xs.c, xs, count, g.D, g.H, g.W, p,
-                       reinterpret_cast<uint32_t*>(buf.data()));
-#endif
-      if (!pairs) gather_channels(x + n * xs.n + c0 * xs.c, xs, count, in_volume, buf.data());
+      gather_block(x + n * xs.n + c0 * xs.c, xs, count, in_volume, pairs, buf.data());
       const int64_t next_n = (task + 1) / groups, next_c0 = ((task + 1) % groups) * L;
       const int64_t next_count = std::min(L, g.C - next_c0);
       block_window_sums(buf.data(), p, g, window, rows,
@@ -2588,13 +2595,7 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
     std::vector<int64_t> offsets(2 * g.KD * g.KH), scratch(2 * g.KW);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / groups, c0 = (task % groups) * L, count = std::min(L, g.C - c0);
-#ifdef DIAGONALWISE_BFLOAT16_PAIRS
-      if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
-        if (pairs)
-          gather_pairs(dy + n * dys.n + c0 * dys.c, dys, count, g.OD, g.OH, g.OW, dy_layout,
-                       reinterpret_cast<uint32_t*>(dybuf.data()));
-#endif
-      if (!pairs) gather_channels(dy + n * dys.n + c0 * dys.c, dys, count, dy_volume, dybuf.data());
+      gather_block(dy + n * dys.n + c0 * dys.c, dys, count, dy_volume, pairs, dybuf.data());
       const int64_t next_n = (task + 1) / groups, next_c0 = ((task + 1) % groups) * L;
       const int64_t next_count = std::min(L, g.C - next_c0);
       // step: the row this task is about to compute, of the weight gradient's rows and then the
