@@ -184,6 +184,22 @@ def test_training_step_speedups_carry_their_interval_into_the_tables(monkeypatch
     assert loaded.model_summary()[1][0][8] == "2.00x"
 
 
+def test_the_step_plot_takes_a_speedup_outside_its_interval(tmp_path):
+    """Runs before the paired medians took the ratio of the medians, which can lie outside the
+    paired interval (a causal conv1d run: 1.50x against 1.45-1.49): plotted, not a crash."""
+    from diagonalwise.bench.results import BenchResult
+    from diagonalwise.bench.training_step import ModelRow
+    from diagonalwise.timing import environment
+
+    rows = [ModelRow("causal_conv1d", variant, "float32", "contiguous", 8, 512, "ok", 100.0, 1.0,
+                     80.0, speedup, low, high)
+            for variant, speedup, low, high in (("native", 1.0, None, None),
+                                                ("tuned", 1.50, 1.45, 1.49))]
+    result = BenchResult({"environment": environment("cpu")}, [], rows)
+    assert result.plot(tmp_path) == [tmp_path / "speedup-causal_conv1d.png"]
+    assert (tmp_path / "speedup-causal_conv1d.png").read_bytes().startswith(PNG_MAGIC)
+
+
 def _steps(*rows):
     return {"provenance": {}, "training_step": [
         dict(zip(("variant", "status", "median_ms", "speedup"), row)) for row in rows]}

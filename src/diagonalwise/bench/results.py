@@ -228,11 +228,12 @@ class BenchResult:
             title = f"{model}: per layer, against native and against the memory limit\n{self.machine()}"
             speed.set_title(title + (f"\n{self.warning()}" if self.warning() else ""), fontsize=9)
             if model_rows:
-                # the 90% intervals as error bars (none for native and for older results)
-                errors = [[r.speedup - r.speedup_low if r.speedup_low is not None else 0.0
-                           for r in model_rows],
-                          [r.speedup_high - r.speedup if r.speedup_high is not None else 0.0
-                           for r in model_rows]]
+                # the 90% intervals as error bars (none for native and for older results, whose
+                # ratio of the medians could lie outside the paired interval)
+                errors = [[max(0.0, r.speedup - r.speedup_low) if r.speedup_low is not None
+                           else 0.0 for r in model_rows],
+                          [max(0.0, r.speedup_high - r.speedup) if r.speedup_high is not None
+                           else 0.0 for r in model_rows]]
                 step.barh([f"{r.variant} ({r.dtype}, {r.layout})" for r in model_rows],
                           [r.speedup for r in model_rows], xerr=errors, capsize=3,
                           color="tab:gray")
