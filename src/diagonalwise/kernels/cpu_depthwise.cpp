@@ -2037,9 +2037,9 @@ inline void store_columns(vec_t<float>* columns, c10::BFloat16* p, int64_t strid
 }
 #endif
 
-#ifdef DIAGONALWISE_TRANSPOSE
 // The types load_columns and store_columns serve: float lanes holding float or bfloat16 values
-// (they take blocks of up to 16 channels with unit-stride rows).
+// (they take blocks of up to 16 channels with unit-stride rows). This and the volumes below are
+// plain C++: the channel blocks use them on every CPU (without the transposes, value by value).
 template <typename scalar_t, typename acc_t>
 constexpr bool kTransposable = std::is_same_v<acc_t, float> && !std::is_same_v<scalar_t, c10::Half>;
 
@@ -2102,7 +2102,6 @@ inline void volume_chunks(const Strides& s, const BlockVolume& v, const Chunk& c
         chunk(i * s.d + j * s.h + k, columns, columns == 16 || inside ? int64_t(16) : columns, at);
       }
 }
-#endif
 
 // Zeros in the padding positions of buf (laid out [p][L] around a D x H x W volume), everywhere
 // when `all` (a block with fewer than L channels leaves lanes unwritten: they keep zeros or
