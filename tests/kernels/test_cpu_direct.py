@@ -287,6 +287,26 @@ def test_tuner_candidate_for_depthwise_cpu_calls_only():
                   algorithm="cpu_direct")
 
 
+def test_the_kernels_compile_without_avx512():
+    """The kernels build with `-march=native`; on a CPU without AVX-512 (AVX2, x86-64-v3) the
+    transposes and the bfloat16 pairs drop out and everything else must still compile (from v35
+    to v40 it did not, and cpu_direct was unavailable there; built so, the kernel tests pass).
+    Syntax and templates only (cpu_depthwise_eager.cpp has no CPU-specific code)."""
+    import shutil
+    import subprocess
+    import sysconfig
+
+    from torch.utils.cpp_extension import include_paths
+
+    if shutil.which("g++") is None:
+        pytest.skip("no g++: the kernels are unavailable here anyway (tested below)")
+    includes = [f"-I{path}" for path in [*include_paths(), sysconfig.get_paths()["include"]]]
+    source = next(path for path in cpu_ops.SOURCES if path.name == "cpu_depthwise.cpp")
+    done = subprocess.run(["g++", "-std=c++20", "-fsyntax-only", "-march=x86-64-v3", "-fopenmp",
+                           *includes, str(source)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_without_a_compiler_the_algorithm_is_unavailable_and_nothing_else_breaks(monkeypatch):
     monkeypatch.setattr(cpu_ops, "_load", lambda: "CalledProcessError: no compiler here")
     call = ConvCall((2, 8, 6, 6), (8, 1, 3, 3), False, (1, 1), (1, 1), (1, 1), 8, "float32",
