@@ -2213,15 +2213,16 @@ void block_weights(const scalar_t* w, const scalar_t* b, const Geometry& g, Buff
 
 #if defined(DIAGONALWISE_TRANSPOSE) && defined(__AVX512BF16__)
 #define DIAGONALWISE_BFLOAT16_PAIRS 1
-// bfloat16 forwards by `vdpbf16ps` (two products of bfloat16 pairs added to a float lane): a row
-// of KW taps (odd) in (KW - 1) / 2 of them and one multiply-add instead of KW multiply-adds. On this
-// project's CPU (AMD Zen 4) the instruction is exactly two float32 multiply-adds, each rounded to
-// nearest even, the pair's upper half first (checked bitwise on 3.2 million lanes, v40 in
-// cpu_direct_notes.md); with tap c in the upper half and tap c + 1 in the lower the taps go in
-// the float32 tiles' order, so the results are the float32 path's to the bit, but for denormals,
-// which it flushes to zero (as oneDNN's bfloat16 convolutions, which use it, do). The last tap
-// takes the pair's upper half alone, as a float: no tap's partner outside the window (an inf there
-// times a zero weight would be NaN).
+// bfloat16 window sums (the channel blocks' forward and stride-1 input gradient) by `vdpbf16ps`
+// (two products of bfloat16 pairs added to a float lane): a row of KW taps (odd) in (KW - 1) / 2
+// of them and one multiply-add instead of KW multiply-adds. On this project's CPU (AMD Zen 4) the
+// instruction is exactly two float32 multiply-adds, each rounded to nearest even, the pair's
+// upper half first (checked bitwise on 3.2 million lanes, v40 in cpu_direct_notes.md); with tap c
+// in the upper half and tap c + 1 in the lower the taps go in the float32 tiles' order, so the
+// results are the float32 path's to the bit, but for denormals, which it flushes to zero (as
+// oneDNN's bfloat16 convolutions, which use it, do). The last tap takes the pair's upper half
+// alone, as a float: no tap's partner outside the window (an inf there times a zero weight would
+// be NaN).
 
 // Channels [0, count) of a bfloat16 volume (strides s, unit width stride) into buf (laid out p,
 // 32-bit lanes) as column pairs: lane c at a data row's column k (from k = -1 where there is
