@@ -2269,27 +2269,6 @@ inline void gather_pairs(const c10::BFloat16* v, const Strides& s, int64_t count
     }
 }
 
-// The weights as pairs for forward_tile_pairs, from the float weights [channel block][tap][L]
-// (block_weights, or the input gradient's flipped ones), which hold bfloat16 values: pair j of a
-// row of KW taps at the row's first tap's index + j, tap 2j in the upper half, 2j + 1 in the lower.
-inline void block_weight_pairs(const Buffer<float>& wt, int64_t taps, int64_t KW,
-                               Buffer<uint32_t>& pairs) {
-  constexpr int64_t L = 16;
-  pairs.assign(wt.size(), 0);
-  auto bits = [&](int64_t index) {
-    uint32_t word;
-    std::memcpy(&word, &wt[index], sizeof word);
-    return word >> 16;
-  };
-  for (int64_t block = 0; block < static_cast<int64_t>(wt.size()) / (taps * L); ++block)
-    for (int64_t first = 0; first < taps; first += KW)
-      for (int64_t j = 0; 2 * j + 1 < KW; ++j)
-        for (int64_t c = 0; c < L; ++c) {
-          const int64_t tap = (block * taps + first + 2 * j) * L + c;
-          pairs[(block * taps + first + j) * L + c] = bits(tap) << 16 | bits(tap + L);
-        }
-}
-
 // forward_tile's window tile (unit column stride, no dilation, KW odd) on pairs: TW output columns
 // of one channel block from x (the tile's first column, as gather_pairs leaves it), the block's
 // weight pairs and its float weights [tap][L] (for the last tap of each row).
@@ -2341,6 +2320,34 @@ bool window_pairs_apply([[maybe_unused]] const Geometry& g, [[maybe_unused]] con
 #else
   return false;
 #endif
+}
+
+// The weights as pairs for forward_tile_pairs where `pairs` (else none), from the float weights
+// [channel block][tap][L] (block_weights, or the input gradient's flipped ones), which hold
+// bfloat16 values: pair j of a row of KW taps at the row's first tap's index + j, tap 2j in the
+// upper half, 2j + 1 in the lower.
+template <typename acc_t>
+Buffer<uint32_t> block_weight_pairs(const Buffer<acc_t>& wt, int64_t taps, int64_t KW,
+                                    bool pairs) {
+  constexpr int64_t L = 16;
+  Buffer<uint32_t> result;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (!pairs) return result;
+    result.assign(wt.size(), 0);
+    auto bits = [&](int64_t index) {
+      uint32_t word;
+      std::memcpy(&word, &wt[index], sizeof word);
+      return word >> 16;
+    };
+    for (int64_t block = 0; block < static_cast<int64_t>(wt.size()) / (taps * L); ++block)
+      for (int64_t first = 0; first < taps; first += KW)
+        for (int64_t j = 0; 2 * j + 1 < KW; ++j)
+          for (int64_t c = 0; c < L; ++c) {
+            const int64_t tap = (block * taps + first + 2 * j) * L + c;
+            result[(block * taps + first + j) * L + c] = bits(tap) << 16 | bits(tap + L);
+          }
+  }
+  return result;
 }
 
 // A channel block's volume into buf: as pairs (gather_pairs) where `pairs`, else as floats.
@@ -2507,11 +2514,7 @@ void forward_blocked(const scalar_t* x, Strides xs, const scalar_t* w, const sca
   Buffer<acc_t> block_wt, block_bias;
   block_weights(w, b, g, block_wt, block_bias);
   const bool pairs = window_pairs_apply<scalar_t>(g, xs, in_volume);
-  Buffer<uint32_t> weight_pairs;
-#ifdef DIAGONALWISE_BFLOAT16_PAIRS
-  if constexpr (std::is_same_v<acc_t, float>)
-    if (pairs) block_weight_pairs(block_wt, g.taps(), g.KW, weight_pairs);
-#endif
+  const Buffer<uint32_t> weight_pairs = block_weight_pairs(block_wt, g.taps(), g.KW, pairs);
   const int64_t parts = prefetch_parts(
       block_lines<scalar_t>(g.D * g.H * g.W) + block_lines<scalar_t>(g.OD * g.OH * g.OW),
       g.OD * g.OH);
@@ -2577,11 +2580,7 @@ void backward_blocked(const scalar_t* dy, Strides dys, const scalar_t* x, Stride
   // dy gathered as pairs for the input gradient's window sums (the weight gradient's tiles read
   // their upper halves)
   const bool pairs = as_forward && window_pairs_apply<scalar_t>(transposed, dys, dy_volume);
-  Buffer<uint32_t> weight_pairs;
-#ifdef DIAGONALWISE_BFLOAT16_PAIRS
-  if constexpr (std::is_same_v<acc_t, float>)
-    if (pairs) block_weight_pairs(flipped_wt, taps, g.KW, weight_pairs);
-#endif
+  const Buffer<uint32_t> weight_pairs = block_weight_pairs(flipped_wt, taps, g.KW, pairs);
   const int64_t dx_first_step = dw || db ? g.OD * g.OH : 0;
   const int64_t volume_lines = block_lines<scalar_t>(g.D * g.H * g.W);
   const int64_t parts = prefetch_parts(block_lines<scalar_t>(g.OD * g.OH * g.OW) +
