@@ -409,6 +409,37 @@ def test_small_volumes_through_the_transposes_match_native(name, channels, poiso
                           dtype=torch.float32, algorithm="cpu_direct")
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("kernel, sizes", [((7, 7), (9, 11)), ((3, 3, 3), (4, 6, 7))],
+                         ids=["k7x7", "k3x3x3"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_many_taps_turned_over_in_blocks_match_native(layout, kernel, sizes, stride,
+                                                      poisoned_outputs):
+    """float32, 40 channels (two blocks of 16 and one of 8) and more than 16 taps (49: three
+    whole 16-tap transposes and one of a single tap; 27: 16 and 11): the weights turned over for
+    the channels-inner tiles (flipped for the stride-1 input gradient) and the weight gradient's
+    sums turned back, 16 x 16 at a time (transposed_taps, store_channel_block); float64 takes
+    the element-by-element loops."""
+    padding = tuple(k // 2 for k in kernel)
+    operands = make_operands(len(kernel), 2, 40, 1, 1, kernel, sizes, True, layout,
+                             dtype=torch.float32)
+    assert_matches_native(len(kernel), *operands, stride, padding, 1, 40, dtype=torch.float32,
+                          algorithm="cpu_direct")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_many_taps_in_bfloat16_are_the_float32_results_rounded(layout):
+    """bfloat16 weights of 49 taps turned over from their own bits (load_columns' bfloat16
+    transposes): the float32 path's results rounded, to the bit."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 40, 9, 11, generator=generator).bfloat16()
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(40, 1, 7, 7, generator=generator).bfloat16()
+    bias = torch.randn(40, generator=generator).bfloat16()
+    assert_float32_results_rounded(x, weight, bias, 1, 40, padding=3)
+
+
 @pytest.mark.parametrize("channels", [16, 20, 6])
 @pytest.mark.parametrize("name", list(SMALL_VOLUMES))
 def test_small_volumes_in_bfloat16_are_the_float32_results_rounded(name, channels,
