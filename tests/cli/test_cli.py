@@ -441,3 +441,28 @@ def test_training_steps_take_twice_the_rounds_of_a_layer_plus_one(tmp_path, monk
                  "2", "--warmup", "1", "--device", "cpu", "--output", str(tmp_path / "run"),
                  "--no-cache"]) == 0
     assert rounds == [5]
+
+
+def test_copy_fractions_take_the_higher_of_the_runs_copy_measurements(tmp_path, monkeypatch,
+                                                                      capsys):
+    """A copy measured low at the start (the VM waking) and high at the end: the tables' and
+    the saved fractions are against the end's, and the machine line says so; both are kept."""
+    from diagonalwise.bench import suite
+
+    measured = iter([10.0, 40.0])
+    monkeypatch.setattr(suite, "copy_bandwidth", lambda device: next(measured))
+    out = tmp_path / "run"
+    assert main(["bench", "--model", "causal_conv1d", "--level", "layers", "--batch-size", "2",
+                 "--size", "16", "--repeats", "1", "--warmup", "1", "--min-seconds", "0",
+                 "--device", "cpu", "--output", str(out), "--no-cache"]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads((out / "results.json").read_text())
+    assert data["provenance"]["environment"]["copy_bandwidth_gbs"] == 40.0
+    quality = data["provenance"]["quality"]
+    assert (quality["copy_bandwidth_start_gbs"], quality["copy_bandwidth_end_gbs"]) == (10.0, 40.0)
+    timed = [row for row in data["layers"] if row["gbs"] is not None]
+    assert timed
+    for row in timed:
+        assert row["copy_fraction"] == pytest.approx(row["gbs"] / 40.0)
+    assert printed.splitlines()[0].endswith("copy bandwidth 10.0 GB/s")  # printed as it began
+    assert "copy bandwidth 40.0 GB/s" in printed.split("per layer")[1]

@@ -122,6 +122,16 @@ class BenchResult:
     def machine(self) -> str:
         return machine_line(self.provenance["environment"])
 
+    def set_copy_bandwidth(self, gbs: float) -> None:
+        """Take ``gbs`` as the run's copy bandwidth: the machine line's, and every layer's
+        fraction of it. The bench measures the copy at its start and end and takes the higher: a
+        start measured while the VM woke (19.9 GB/s, 40.7 at the end, in a ConvNeXt-T run of
+        2026-12-07, cpu_direct_notes.md) had doubled every fraction."""
+        self.provenance["environment"]["copy_bandwidth_gbs"] = gbs
+        for row in self.layers:
+            if row.gbs is not None:
+                row.copy_fraction = row.gbs / gbs
+
     def warning(self) -> str | None:
         """A line saying the machine was too busy to measure, if it was."""
         busy = self.provenance.get("quality", {}).get("busy")
