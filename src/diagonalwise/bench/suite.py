@@ -86,10 +86,11 @@ def run_bench(config: BenchConfig, device: torch.device, output: Path,
                         warmup=config.warmup, repeats=2 * config.repeats + 1, cache=cache)
                     result.save(output)
     copy_start, copy_end = env["copy_bandwidth_gbs"], copy_bandwidth(device)
+    copy_higher = max(copy_start, copy_end)
     result.provenance["quality"] = assess_quality(
         result.layers + result.models, copy_start, copy_end,
-        usual_copy_bandwidth(device, max(copy_start, copy_end)))
-    result.set_copy_bandwidth(max(copy_start, copy_end))
+        usual_copy_bandwidth(device, copy_higher))
+    result.set_copy_bandwidth(copy_higher)
     print("\n" + result.text_tables())
     paths = result.save(output) + result.plot(output)
     print("\nresults written to:\n" + "\n".join(f"  {p}" for p in paths))
